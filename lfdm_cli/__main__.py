@@ -1,0 +1,3 @@
+from lfdm_cli.cli.app import main
+
+main()
