@@ -37,6 +37,10 @@ def _convert(value: Any, tp: Any, path: str, source: str | None) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:
+            # Optional[X]: report X's own error, which names the exact nested field.
+            return _convert(value, real[0], path, source)
         errors = []
         for arg in args:
             if arg is type(None):
