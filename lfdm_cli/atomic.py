@@ -10,14 +10,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import: os.umask can only be read by setting it, which would race with threads.
+_UMASK = _read_umask()
+
+
 def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
     # Same directory as the target so os.replace is a rename on one filesystem; the suffix keeps
-    # encoders (ffmpeg, PIL) able to infer the format from the name.
+    # encoders (ffmpeg, PIL) able to infer the format from the name. mkstemp/mkdtemp create
+    # private (0600/0700) entries; outputs get the permissions a plain open()/mkdir would give.
     prefix = f".{path.name}."
     if is_dir:
-        return Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent))
+        name = tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=path.parent)
+        os.chmod(name, 0o777 & ~_UMASK)
+        return Path(name)
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=".partial" + path.suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
     return Path(name)
 
 

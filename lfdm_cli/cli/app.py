@@ -45,8 +45,12 @@ def _root(
 def _register_commands() -> None:
     from lfdm_cli.cli import recipes as recipes_cmd
     from lfdm_cli.cli import info as info_cmd
+    from lfdm_cli.cli import evaluate as evaluate_cmd
+    from lfdm_cli.cli import convert as convert_cmd
+    from lfdm_cli.cli import data as data_cmd
+    from lfdm_cli.cli import train as train_cmd
 
-    for module in (recipes_cmd, info_cmd):
+    for module in (recipes_cmd, info_cmd, evaluate_cmd, convert_cmd, data_cmd, train_cmd):
         module.register(app)
 
 

@@ -11,25 +11,51 @@ from dataclasses import dataclass, field
 
 @dataclass
 class UNet3DConfig:
-    """The conditional 3D U-Net. Defaults are the paper's (FlowDiffusion: dim 64, mults 1,2,4,8)."""
+    """The conditional 3D U-Net. Defaults are the paper's (FlowDiffusion: dim 64, mults 1,2,4,8).
 
-    dim: int = field(default=64, metadata={"min": 1})
+    The input channels are not set here: they are 3 + the stage-one latent's channels.
+    """
+
+    dim: int = field(default=64, metadata={"min": 8})
     dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8], metadata={"min": 1})
     attn_heads: int = field(default=8, metadata={"min": 1})
-    attn_dim_head: int = field(default=32, metadata={"min": 1})
+    attn_dim_head: int = field(default=32, metadata={"min": 2})
+    # The reference leaves these at their defaults (32): head width of the spatial attentions
+    # (linear attention at every level, full attention in the middle).
+    spatial_attn_dim_head: int = field(default=32, metadata={"min": 1})
+    # Rotary embedding width: min(32, attn_dim_head) in the reference.
+    rotary_dim: int = field(default=32, metadata={"min": 2})
+    rel_pos_num_buckets: int = field(default=32, metadata={"min": 4})
+    rel_pos_max_distance: int = field(default=32, metadata={"min": 2})
     init_kernel_size: int = field(default=7, metadata={"min": 1})
     use_sparse_linear_attn: bool = True
     resnet_groups: int = field(default=8, metadata={"min": 1})
-    use_final_activation: bool = False
     learn_null_cond: bool = False
     use_deconv: bool = True
     padding_mode: str = field(default="zeros", metadata={"choices": ("zeros", "reflect", "replicate", "circular")})
-    cond_dim: int = field(default=768, metadata={"min": 1})
+    # Width of the condition embedding; null = the condition encoder's (bert 768, minilm 384,
+    # learned 768).
+    cond_dim: int | None = field(default=None, metadata={"min": 1})
+
+    def validate(self, source: str | None = None) -> None:
+        from lfdm_cli.errors import UserError
+
+        where = f" (in {source})" if source else ""
+        if self.init_kernel_size % 2 != 1:
+            raise UserError(f"Field 'init_kernel_size'{where}: must be odd, got {self.init_kernel_size}.")
+        if self.rotary_dim % 2:
+            raise UserError(f"Field 'rotary_dim'{where}: must be even, got {self.rotary_dim}.")
+        if not self.dim_mults:
+            raise UserError(f"Field 'dim_mults'{where}: needs at least one level.")
+        for width in [self.dim] + [self.dim * m for m in self.dim_mults]:
+            if width % self.resnet_groups:
+                raise UserError(f"Field 'resnet_groups'{where}: every level width (dim x dim_mults) must be "
+                                f"divisible by it; {width} is not divisible by {self.resnet_groups}.")
 
 
 @dataclass
 class DiffusionConfig:
-    timesteps: int = field(default=1000, metadata={"min": 1})
+    timesteps: int = field(default=1000, metadata={"min": 2})
     beta_schedule: str = field(default="cosine", metadata={"choices": ("cosine",)})
     cosine_s: float = field(default=0.008, metadata={"min": 0.0})
     loss_type: str = field(default="l2", metadata={"choices": ("l1", "l2")})
@@ -43,6 +69,8 @@ class ConditionConfig:
     """Where the condition embeddings come from (computed once, stored in the model folder)."""
 
     encoder: str = field(default="learned", metadata={"choices": ("learned", "bert", "minilm")})
+    # BERT only: use the [CLS] vector instead of the masked token mean (the reference: False).
+    text_use_bert_cls: bool = False
 
 
 @dataclass

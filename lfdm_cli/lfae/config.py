@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lfdm_cli.errors import UserError
+
 
 @dataclass
 class RegionPredictorConfig:
@@ -17,7 +19,10 @@ class RegionPredictorConfig:
     scale_factor: float = field(default=0.25, metadata={"min": 1e-6, "max": 1.0})
     num_blocks: int = field(default=5, metadata={"min": 1})
     pca_based: bool = True
+    # The reference switches to the CUDA-only torch_batch_svd package here. It computes the same
+    # decomposition, so lfdm accepts the key (to read the authors' YAML) and always uses torch's SVD.
     fast_svd: bool = False
+    # Padding of the 7x7 region-logit convolution; the reference's MHAD/NATOPS configs set 0.
     pad: int = field(default=3, metadata={"min": 0})
 
 
@@ -26,7 +31,7 @@ class BGPredictorConfig:
     block_expansion: int = field(default=32, metadata={"min": 1})
     max_features: int = field(default=1024, metadata={"min": 1})
     num_blocks: int = field(default=5, metadata={"min": 1})
-    bg_type: str = field(default="affine", metadata={"choices": ("affine", "zero")})
+    bg_type: str = field(default="affine", metadata={"choices": ("zero", "shift", "affine", "perspective")})
 
 
 @dataclass
@@ -38,6 +43,8 @@ class PixelwiseFlowConfig:
     use_deformed_source: bool = True
     use_covar_heatmap: bool = True
     estimate_occlusion_map: bool = True
+    # Isotropic Gaussian variance of the region heatmaps when `use_covar_heatmap` is false.
+    region_var: float = field(default=0.01, metadata={"min": 1e-8})
 
 
 @dataclass
@@ -61,6 +68,53 @@ class LFAEModelConfig:
     region_predictor: RegionPredictorConfig = field(default_factory=RegionPredictorConfig)
     bg_predictor: BGPredictorConfig = field(default_factory=BGPredictorConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    @property
+    def has_region_covariance(self) -> bool:
+        """Whether the region predictor produces covariances (and affines): PCA or regression."""
+        return self.region_predictor.pca_based or self.estimate_affine
+
+    def validate(self, source: str | None = None) -> None:
+        where = f" (in {source})" if source else ""
+        if self.generator.pixelwise_flow_predictor.use_covar_heatmap and not self.has_region_covariance:
+            raise UserError(
+                f"LFAE config{where}: pixelwise_flow_predictor.use_covar_heatmap needs region covariances, "
+                "but the region predictor has neither pca_based nor estimate_affine set.",
+                hint="Set region_predictor.pca_based: true (the paper's setting).")
+
+    def check_frame_size(self, size: int, source: str | None = None) -> None:
+        """Raise UserError unless every down/up path of the model fits frames of `size` pixels.
+
+        The hourglasses pool by 2 per block and concatenate skips after upsampling, so each one needs
+        its input side to be divisible by 2**num_blocks.
+        """
+        where = f" (in {source})" if source else ""
+        problems = []
+        rp, pfp, gen = self.region_predictor, self.generator.pixelwise_flow_predictor, self.generator
+        for name, scale, blocks in (("region_predictor", rp.scale_factor, rp.num_blocks),
+                                    ("pixelwise_flow_predictor", pfp.scale_factor, pfp.num_blocks)):
+            side = scaled_side(size, scale)
+            if side % (2 ** blocks):
+                problems.append(f"{name} works at {side}x{side} (scale_factor {scale}) and its "
+                                f"{blocks} hourglass blocks need a multiple of {2 ** blocks}")
+        if scaled_side(size, rp.scale_factor) + 2 * rp.pad - 6 < 1:
+            problems.append("the region heatmaps would be empty (7x7 convolution larger than the input)")
+        if size % (2 ** gen.num_down_blocks):
+            problems.append(f"the generator's {gen.num_down_blocks} down blocks need a multiple of "
+                            f"{2 ** gen.num_down_blocks}")
+        if problems:
+            raise UserError(f"Frame size {size} does not fit this LFAE configuration{where}: "
+                            + "; ".join(problems) + ".",
+                            hint="The paper's configuration needs frames of 128 (or a multiple of 128) pixels; "
+                                 "smaller frames need fewer hourglass blocks (num_blocks).")
+
+
+def scaled_side(size: int, scale_factor: float) -> int:
+    """Side of a frame after the anti-aliased downsampling (strided by int(1/scale) after padding)."""
+    if scale_factor == 1:
+        return size
+    step = int(1 / scale_factor)
+    return -(-size // step)
 
 
 @dataclass
@@ -104,6 +158,9 @@ class LFAETrainConfig:
     transform_params: TransformConfig = field(default_factory=TransformConfig)
     loss_weights: LossWeights = field(default_factory=LossWeights)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
+    # The reference's MHAD setting: a sample draws its video among all training videos of the
+    # same subject as the indexed one (both frames still come from that one video).
+    id_sampling: bool = False
     workers: int = field(default=2, metadata={"min": 0})
     checkpoint_every: int = field(default=1000, metadata={"min": 1})
     keep_checkpoints: int = field(default=3, metadata={"min": 1})

@@ -1,0 +1,71 @@
+"""Classifier-free guidance as a denoiser wrapper.
+
+eps = eps_null + g * (eps_cond - eps_null). g = 1 is the conditional network alone (one pass, as
+the authors sample); g = 0 is the unconditional network alone (one pass); any other g evaluates
+the conditional and the null batch together in one pass of twice the batch size (the reference
+makes two separate passes; per-sample results are the same up to float rounding, since nothing in
+the network mixes samples of a batch).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+
+
+class ConditionalNet(Protocol):
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                 null_mask: torch.Tensor | None = None, *, latent: torch.Tensor | None = None) -> torch.Tensor: ...
+
+    def null_embedding(self, batch: int) -> torch.Tensor: ...
+
+    def project_latent(self, fea: torch.Tensor) -> torch.Tensor: ...
+
+
+def repeat_over_frames(fea: torch.Tensor, frames: int) -> torch.Tensor:
+    """(B, C, h, w) image latent -> (B, C, F, h, w), the U-Net's conditioning channels."""
+    return fea.unsqueeze(2).repeat(1, 1, frames, 1, 1)
+
+
+class GuidedDenoiser:
+    """`denoiser(x_t, t) -> eps` for one image latent and condition, with guidance scale g.
+
+    net: the U-Net; fea: (B, C, h, w) image latent (the network sees it concatenated after x_t on
+    the channel axis, repeated over frames); cond: (B, D) condition embeddings; null_mask: (B,) bool, rows that use
+    the null embedding instead of `cond` (the "None" condition).
+    """
+
+    def __init__(self, net: ConditionalNet, fea: torch.Tensor, cond: torch.Tensor | None, scale: float = 1.0,
+                 null_mask: torch.Tensor | None = None):
+        self.net = net
+        self.fea = fea
+        self.cond = cond
+        self.scale = float(scale)
+        self.null_mask = null_mask
+        # The latent's share of the stem convolution does not change between steps: once per sample.
+        with torch.no_grad():
+            self.latent = net.project_latent(fea)
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        self.calls += 1
+        latent = self.latent.to(x.dtype)
+        if self.scale == 1.0:
+            return self.net(x, t, self.cond, self.null_mask, latent=latent)
+        if self.scale == 0.0 or self.cond is None:
+            return self.net(x, t, None, latent=latent)
+        null = self.net.null_embedding(b).to(self.cond.dtype)
+        cond = self.cond
+        if self.null_mask is not None:
+            cond = torch.where(self.null_mask.reshape(-1, 1).bool(), null, cond)
+        both = self.net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null]),
+                        latent=torch.cat([latent, latent]))
+        eps_cond, eps_null = both[:b], both[b:]
+        return eps_null + (eps_cond - eps_null) * self.scale
+
+
+def guided_denoiser(net: ConditionalNet, fea: torch.Tensor, cond: torch.Tensor | None, scale: float = 1.0,
+                    null_mask: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return GuidedDenoiser(net, fea, cond, scale, null_mask)
