@@ -151,6 +151,9 @@ class GenerationPipeline:
 
         if path is None:
             path = default_model_path()
+            if os.environ.get(MODEL_ENV) and not Path(path).exists():
+                raise UserError(f"${MODEL_ENV} names {path}, which does not exist.",
+                                hint=f"Point {MODEL_ENV} at a model folder, or pass --model MODEL_DIR.")
             if not Path(path).exists():
                 raise UserError(f"No --model given and the bundled model is not installed ({path} is missing).",
                                 hint=f"Pass --model MODEL_DIR (a folder from `lfdm train` or `lfdm convert`), "

@@ -87,3 +87,15 @@ def write_test_image(path: str | Path, height: int = 40, width: int = 48, seed: 
     path = Path(path)
     Image.fromarray(image).save(path)
     return path
+
+
+def run_main(*args) -> int:
+    """Run the `lfdm` CLI in this process (faster than a subprocess); returns the exit code.
+    Read its output with pytest's capsys."""
+    from lfdm_cli.cli.app import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0

@@ -63,7 +63,7 @@ def _run(plan, dest: Path, size: int, fit: str, workers: int, strict: bool, min_
 
 @preprocess_app.command("mug")
 def preprocess_mug(
-    src: Path = typer.Argument(..., help="MUG folder holding the subject folders 001, 002, ..."),
+    src: Path = typer.Argument(..., metavar="SRC", help="MUG folder holding the subject folders 001, 002, ..."),
     dest: Path = typer.Argument(..., metavar="OUT", help="Output dataset folder (new, empty, or one to resume)."),
     size: int = SizeOption, fit: str = FitOption, workers: int = WorkersOption, strict: bool = StrictOption,
     min_frames: int = MinFramesOption, quiet: bool = QuietOption, json_out: bool = JsonOption,
@@ -82,7 +82,7 @@ def preprocess_mug(
 
 @preprocess_app.command("mhad")
 def preprocess_mhad(
-    src: Path = typer.Argument(..., help="Folder holding a{a}_s{s}_t{t}_color.avi (searched recursively)."),
+    src: Path = typer.Argument(..., metavar="SRC", help="Folder holding a{a}_s{s}_t{t}_color.avi (searched recursively)."),
     dest: Path = typer.Argument(..., metavar="OUT", help="Output dataset folder (new, empty, or one to resume)."),
     size: int = SizeOption, fit: str = FitOption, workers: int = WorkersOption, strict: bool = StrictOption,
     min_frames: int = MinFramesOption, quiet: bool = QuietOption, json_out: bool = JsonOption,
@@ -100,7 +100,7 @@ def preprocess_mhad(
 
 @preprocess_app.command("natops")
 def preprocess_natops(
-    src: Path = typer.Argument(..., help="NATOPS folder with gesture01/ ... gesture24/ and segmentation.txt."),
+    src: Path = typer.Argument(..., metavar="SRC", help="NATOPS folder with gesture01/ ... gesture24/ and segmentation.txt."),
     dest: Path = typer.Argument(..., metavar="OUT", help="Output dataset folder (new, empty, or one to resume)."),
     size: int = SizeOption, fit: str = FitOption, workers: int = WorkersOption, strict: bool = StrictOption,
     min_frames: int = MinFramesOption, quiet: bool = QuietOption, json_out: bool = JsonOption,
@@ -117,7 +117,7 @@ def preprocess_natops(
 
 @preprocess_app.command("folder")
 def preprocess_folder(
-    src: Path = typer.Argument(..., help="SRC/<class>/<video file or frame folder>, or a .csv/.jsonl "
+    src: Path = typer.Argument(..., metavar="SRC", help="SRC/<class>/<video file or frame folder>, or a .csv/.jsonl "
                                          "listing with path, class and optional subject, split."),
     dest: Path = typer.Argument(..., metavar="OUT", help="Output dataset folder (new, empty, or one to resume)."),
     subject_pattern: str = typer.Option(None, "--subject-pattern", help="Regex searched in each video's "

@@ -109,5 +109,61 @@ def lfae_cmd(
     report(result, out_dir / MODEL_DIR, json_out, extra)
 
 
+@train_app.command("dm")
+def dm_cmd(
+    recipe: str = RecipeOption,
+    data: Path = DataOption,
+    lfae: Path = typer.Option(..., "--lfae", "-l",
+                              help="Stage-one model folder (RUN_DIR/model from `lfdm train lfae`, or `lfdm convert lfae`)."),
+    out_dir: Path = OutOption,
+    resume: bool = ResumeOption,
+    max_steps: Optional[int] = MaxStepsOption,
+    device: str = DeviceOption,
+    precision: str = PrecisionOption,
+    seed: Optional[int] = SeedOption,
+    no_flow_cache: bool = typer.Option(
+        False, "--no-flow-cache",
+        help="Compute the flow targets with the frozen stage one at every step (from the colour-jittered "
+             "frames, as the reference) instead of once into a cache."),
+    flow_cache_dir: Optional[Path] = typer.Option(
+        None, "--flow-cache-dir",
+        help="Where the flow cache lives (default OUT/flow_cache); runs on the same data and stage-one "
+             "model can share one."),
+    embeddings: Optional[Path] = typer.Option(
+        None, "--embeddings",
+        help="Precomputed condition embeddings (.safetensors or .json, one vector per class name) "
+             "instead of running the recipe's text encoder."),
+    bert_dir: Optional[Path] = typer.Option(
+        None, "--bert-dir", help="Folder with bert-base-cased's files, for recipes whose conditions use 'bert'."),
+    workers: Optional[int] = WorkersOption,
+    quiet: bool = QuietOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Train stage two (the flow diffusion model) on clips of a dataset, with a frozen stage one.
+
+    Example: lfdm train dm --recipe mug128 --data data/mug128 --lfae runs/mug_lfae/model --out runs/mug_dm
+
+    The run ends with OUT/model/, a complete model folder (stage one copied in) for `lfdm generate`.
+    Ctrl-C saves a checkpoint (exit 130); continue with the same command plus --resume.
+    Several GPUs: torchrun --nproc_per_node 4 -m lfdm_cli train dm --recipe mug128 ...
+    """
+    from lfdm_cli.training.dm_trainer import MODEL_DIR, train_dm
+
+    try:
+        result = train_dm(recipe, data, lfae, out_dir, resume=resume, max_steps=max_steps, device=device,
+                          precision=check_precision(precision), seed=seed,
+                          flow_cache=False if no_flow_cache else None, flow_cache_dir=flow_cache_dir,
+                          workers=workers, embeddings=embeddings, bert_dir=bert_dir, show_progress=not quiet)
+    except TrainingInterrupted as exc:
+        exit_interrupted(exc, f"lfdm train dm --recipe {recipe} --data {data} --lfae {lfae} --out {out_dir}"
+                              + (" --no-flow-cache" if no_flow_cache else "") + " --resume")
+        return
+    from lfdm_cli.training.loop import read_run_record
+
+    record = read_run_record(out_dir) if result.is_main else None
+    extra = {"flow_targets": (record or {}).get("metadata", {}).get("flow_targets")}
+    report(result, out_dir / MODEL_DIR, json_out, extra)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(train_app, name="train")

@@ -554,13 +554,19 @@ def _draw_mouth(cv: _Canvas, ident: Identity, ctl: np.ndarray, asym: float) -> N
     X, inner_up, inner_lo, outer_up, outer_lo, gap = _mouth_curves(ident, ctl, asym)
     lip = ident.lip_color
     dark = _mix(lip, (10, 0, 0), 0.6)
-    up_pts = lambda y: np.stack([X, y], axis=1)  # noqa: E731
-    cv.poly(np.concatenate([up_pts(outer_up), up_pts(outer_lo)[::-1]]), lip)
+
+    def band(upper: np.ndarray, lower: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.stack([X, upper], axis=1), np.stack([X[::-1], lower[::-1]], axis=1)])
+
+    cv.poly(band(outer_up, outer_lo), lip)
     if gap > 0.012:
-        cv.poly(np.concatenate([up_pts(inner_up), up_pts(inner_lo)[::-1]]), (60, 18, 22))
-        teeth_h = np.minimum(inner_lo - inner_up, 0.06 + 0.4 * (inner_lo - inner_up).max() * 0.25)
-        cv.poly(np.concatenate([up_pts(inner_up), up_pts(inner_up + teeth_h * 0.85)[::-1]]), (240, 236, 225))
-    cv.line(up_pts((inner_up + inner_lo) / 2 if gap <= 0.012 else inner_up), dark, 0.016)
+        cv.poly(band(inner_up, inner_lo), (60, 18, 22))
+        # Upper teeth: a band under the upper lip, at most a little deeper than a tenth of the gap.
+        open_h = inner_lo - inner_up
+        teeth_h = 0.85 * np.minimum(open_h, 0.06 + 0.1 * open_h.max())
+        cv.poly(band(inner_up, inner_up + teeth_h), (240, 236, 225))
+    seam = (inner_up + inner_lo) / 2 if gap <= 0.012 else inner_up
+    cv.line(np.stack([X, seam], axis=1), dark, 0.016)
     if ctl[_C["frown"]] > 0.3 or ctl[_C["lip_press"]] > 0.4:  # chin tension below the lower lip
         k = max(ctl[_C["frown"]] - 0.3, ctl[_C["lip_press"]] - 0.4)
         yy = outer_lo.max() + 0.07
@@ -572,7 +578,8 @@ def _draw_folds(cv: _Canvas, ident: Identity, ctl: np.ndarray, asym: float) -> N
     X, inner_up, _, _, _, _ = _mouth_curves(ident, ctl, asym, n=5)
     y_tip = ident.eye_y + ident.nose_len + 0.1 - 0.04 * ctl[_C["nose_wrinkle"]]
     for s in (-1, 1):
-        k = max(ctl[_C["smile"]], 0.85 * ctl[_C["upper_lip_up"]] * (1 + s * asym) / 2 * 1.6,
+        # Deeper on the side a sneer (upper lip raise) favours.
+        k = max(ctl[_C["smile"]], 0.68 * ctl[_C["upper_lip_up"]] * (1 + s * asym),
                 0.5 * ctl[_C["nose_wrinkle"]], 0.0)
         col = _mix(ident.skin, (40, 20, 15), 0.1 + 0.35 * min(k, 1))
         corner = np.array([X[-1 if s > 0 else 0] + s * 0.06, inner_up[-1 if s > 0 else 0] + 0.02])

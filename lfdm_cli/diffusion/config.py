@@ -87,6 +87,8 @@ class DMTrainConfig:
     ema_decay: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
     color_jitter: bool = True
     flow_cache: bool = True
+    # Frames per call of the frozen stage one while computing flow targets (bounds its memory).
+    stage_one_batch: int = field(default=80, metadata={"min": 1})
     workers: int = field(default=2, metadata={"min": 0})
     checkpoint_every: int = field(default=1000, metadata={"min": 1})
     keep_checkpoints: int = field(default=3, metadata={"min": 1})

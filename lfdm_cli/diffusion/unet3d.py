@@ -121,8 +121,10 @@ class TimestepEmbedding(nn.Module):
     def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
         half = self.dim // 2
         step = math.log(10000) / (half - 1)
-        freqs = torch.exp(torch.arange(half, device=t.device) * -step)
-        args = t[:, None] * freqs[None, :]
+        # float32 unless the module runs in float64 (the reference multiplies int64 t by float32).
+        dtype = torch.float64 if self.fc1.weight.dtype == torch.float64 else torch.float32
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=dtype) * -step)
+        args = t.to(dtype)[:, None] * freqs[None, :]
         return torch.cat((args.sin(), args.cos()), dim=-1)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:

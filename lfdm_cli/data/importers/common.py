@@ -33,7 +33,6 @@ import numpy as np
 from lfdm_cli.data.dataset import (
     CLASSES_FILE,
     MANIFEST_FILE,
-    META_FILE,
     VIDEOS_DIR,
     VideoRecord,
     is_dataset_dir,

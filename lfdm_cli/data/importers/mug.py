@@ -46,26 +46,27 @@ def plan(src: str | Path) -> ImportPlan:
     for subject_dir in _dirs(src):
         subject = subject_dir.name
         # Sessions (if any) sit between subject and expression.
-        groups = [(d.name, d) for d in _dirs(subject_dir) if _SESSION.match(d.name)]
-        if not groups:
-            groups = [(None, subject_dir)]
-        for session, group_dir in groups:
-            for expr_dir in _dirs(group_dir):
-                rel_expr = expr_dir.relative_to(src).as_posix()
-                if expr_dir.name not in CLASSES:
-                    if not _SESSION.match(expr_dir.name):
-                        skipped.append(Skip(rel_expr, f"'{expr_dir.name}' is not a MUG expression "
-                                                      f"({', '.join(CLASSES)})"))
+        expr_dirs: list[tuple[str | None, Path]] = []
+        for child in _dirs(subject_dir):
+            if _SESSION.match(child.name):
+                expr_dirs += [(child.name, d) for d in _dirs(child)]
+            else:
+                expr_dirs.append((None, child))
+        for session, expr_dir in expr_dirs:
+            rel_expr = expr_dir.relative_to(src).as_posix()
+            if expr_dir.name not in CLASSES:
+                skipped.append(Skip(rel_expr, f"'{expr_dir.name}' is not a MUG expression "
+                                              f"({', '.join(CLASSES)})"))
+                continue
+            for take_dir in _dirs(expr_dir):
+                rel = take_dir.relative_to(src).as_posix()
+                if subject not in split_of:
+                    excluded.append(Skip(rel, "subject not in the authors' 52-subject split"))
                     continue
-                for take_dir in _dirs(expr_dir):
-                    rel = take_dir.relative_to(src).as_posix()
-                    if subject not in split_of:
-                        excluded.append(Skip(rel, "subject not in the authors' 52-subject split"))
-                        continue
-                    parts = [subject] + ([session] if session else []) + [expr_dir.name, take_dir.name]
-                    jobs.append(Job(path=str(take_dir), outputs=[PlannedVideo(
-                        id=safe_id("_".join(parts)), split=split_of[subject], class_name=expr_dir.name,
-                        subject=subject, source=rel)]))
+                parts = [subject] + ([session] if session else []) + [expr_dir.name, take_dir.name]
+                jobs.append(Job(path=str(take_dir), outputs=[PlannedVideo(
+                    id=safe_id("_".join(parts)), split=split_of[subject], class_name=expr_dir.name,
+                    subject=subject, source=rel)]))
     if not jobs and not skipped and not excluded:
         raise UserError(f"{src} does not look like MUG: no <subject>/<expression>/<take> folders found.",
                         hint="Expected e.g. SRC/001/happiness/take000/img_0000.jpg.")
