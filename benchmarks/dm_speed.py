@@ -4,12 +4,16 @@ Paper configuration: U-Net dim 64, dim_mults 1,2,4,8, 3+256 input channels, 768-
 40 frames of 32x32 latents, batch 1, guidance 1 (one network pass per step).
 
 Measures, each as the median of --repeats timed runs after --warmup untimed ones:
-  unet_call     one U-Net forward (eval mode, no grad) - compare with the reference's 4.59 s
+  unet_call     one U-Net forward (eval mode, no grad) - compare with the reference's 4.59 s;
+                also with the reference's input (z0 concatenated and convolved for every frame)
   ddim10        a whole 10-step DDIM sample (trailing spacing, eta 0): 10 U-Net calls + sampler
   train_step    loss forward (t, noise, condition dropout) + backward + Adam step (train mode)
+Variants: "default" (the latent's share of the stem computed once per sample) and
+"channels-last" (UNet3D.use_channels_last(): faster oneDNN convolutions, about 3x the float32
+rounding error of the default layout, still within the parity tolerances).
 
 Usage: nice python benchmarks/dm_speed.py [--threads 2] [--repeats 3] [--warmup 1] [--device cpu]
-       [--skip-train] [--skip-ddim] [--frames 40] [--size 32]
+       [--skip-train] [--skip-ddim] [--variants default,channels-last] [--frames 40] [--size 32]
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="Latent height and width.")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-ddim", action="store_true")
+    ap.add_argument("--variants", default="default,channels-last")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -76,29 +81,39 @@ def main() -> None:
     cond, null = model.embed(["happiness"])
     t = torch.tensor([500], device=device)
 
-    model.eval()
-    den = model.denoiser(fea, cond, 1.0, null)
-    with torch.no_grad():
-        report("unet_call", timed(lambda: den(x, t), args.warmup, args.repeats, sync),
-               "(reference: 4.59 s per call on the 2-core baseline machine)")
-    if not args.skip_ddim:
-        report("ddim10", timed(lambda: model.sample(fea, cond, null_mask=null, sampler="ddim", steps=10,
-                                                    generator=torch.Generator().manual_seed(2)),
-                               max(0, args.warmup - 1), args.repeats, sync),
-               "(reference U-Net loop: 46.0 s for 10 calls)")
-    if not args.skip_train:
-        model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
-        x0 = torch.rand(1, 3, args.frames, args.size, args.size, generator=g).to(device) * 2 - 1
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in variants:
+        if variant not in ("default", "channels-last"):
+            raise SystemExit(f"unknown variant {variant!r}")
+        print(f"--- variant: {variant}")
+        model.unet.use_channels_last(variant == "channels-last")
+        model.eval()
+        den = model.denoiser(fea, cond, 1.0, null)
+        with torch.no_grad():
+            report("unet_call", timed(lambda: den(x, t), args.warmup, args.repeats, sync),
+                   "(reference: 4.59 s per call on the 2-core baseline machine)")
+            if variant == "default":
+                full = torch.cat([x, fea.unsqueeze(2).repeat(1, 1, args.frames, 1, 1)], dim=1)
+                report("unet_refin", timed(lambda: model.unet(full, t, cond, null), args.warmup, args.repeats, sync),
+                       "(same network fed the reference's concatenated input)")
+        if not args.skip_ddim:
+            report("ddim10", timed(lambda: model.sample(fea, cond, null_mask=null, sampler="ddim", steps=10,
+                                                        generator=torch.Generator().manual_seed(2)),
+                                   0, args.repeats, sync),
+                   "(reference: 46.0 s for its 10 U-Net calls)")
+        if not args.skip_train:
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.9, 0.99))
+            x0 = torch.rand(1, 3, args.frames, args.size, args.size, generator=g).to(device) * 2 - 1
 
-        def step():
-            opt.zero_grad(set_to_none=True)
-            out = model.loss(x0, fea, cond, null, generator=torch.Generator().manual_seed(3))
-            out.loss.backward()
-            opt.step()
+            def step():
+                opt.zero_grad(set_to_none=True)
+                out = model.loss(x0, fea, cond, null, generator=torch.Generator().manual_seed(3))
+                out.loss.backward()
+                opt.step()
 
-        report("train_step", timed(step, args.warmup, args.repeats, sync),
-               "(reference: 6.5 s forward+loss + 5.9 s backward+Adam = 12.4 s)")
+            report("train_step", timed(step, args.warmup, args.repeats, sync),
+                   "(reference: 6.5 s forward+loss + 5.9 s backward+Adam = 12.4 s)")
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"load average after {load}")
 

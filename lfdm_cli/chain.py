@@ -13,7 +13,8 @@ device; nothing is re-read from an encoded video. Strategies:
   the original image sampled at A(g(p)) (A accumulated, g new). Occlusions multiply along the
   way (a pixel is visible only if it was visible at every hop). The anchor frame's encoding only
   conditions the diffusion model (where to move next), it is never decoded from.
-- `crossfade` (c): `reanchor` with segments overlapping by `overlap` frames; over the overlap the
+- `crossfade` (c): `reanchor` with segments overlapping by `overlap` frames (default 4, at most
+  half a segment); over the overlap the
   composed flows (and occlusions) of both segments are blended linearly, the old segment fading
   out, so motion does not jump at the seam.
 - `noised` (d): `naive`, with the carried-over conditioning perturbed as LVDM does for
@@ -123,7 +124,7 @@ def crossfade_weights(overlap: int, *, device=None) -> torch.Tensor:
 
 def chain(pipeline: GenerationPipeline, image: torch.Tensor, conditions: Sequence[str], *,
           segments: int | None = None, frames_per_segment: int | None = None, strategy: str = DEFAULT_STRATEGY,
-          overlap: int = DEFAULT_OVERLAP, cond_noise: float | None = None, seed: int = 0,
+          overlap: int | None = None, cond_noise: float | None = None, seed: int = 0,
           settings: SamplingSettings | None = None, chunk_size: int | None = None, progress: bool = False,
           on_segment: Callable[[int, int], None] | None = None) -> ChainResult:
     """Chain `segments` clips (default: one per condition; the list repeats when shorter) from
@@ -142,6 +143,8 @@ def chain(pipeline: GenerationPipeline, image: torch.Tensor, conditions: Sequenc
     k = int(frames_per_segment or pipeline.default_frames)
     if k < 2:
         raise UserError(f"--frames-per-segment must be at least 2 to continue a clip, got {k}.")
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, k // 2)
     overlap = int(overlap) if strategy == "crossfade" else 0
     if strategy == "crossfade" and not 1 <= overlap <= k // 2:
         raise UserError(f"--overlap must be between 1 and half the segment length ({k // 2}), got {overlap}.")
@@ -237,7 +240,9 @@ def chain(pipeline: GenerationPipeline, image: torch.Tensor, conditions: Sequenc
                        frames_per_segment=k, overlap=overlap, cond_noise=float(cond_noise), timings=timings)
 
 
-def expected_length(segments: int, frames_per_segment: int, strategy: str, overlap: int = DEFAULT_OVERLAP) -> int:
+def expected_length(segments: int, frames_per_segment: int, strategy: str, overlap: int | None = None) -> int:
     """Number of output frames of a chain."""
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, frames_per_segment // 2)
     step = frames_per_segment - (overlap if strategy == "crossfade" else 1)
     return frames_per_segment + (segments - 1) * step

@@ -56,7 +56,9 @@ def chain_cmd(
                                       "image, composing flows; no drift from re-encoding), naive (re-encode the last "
                                       "frame), crossfade (reanchor + blend overlapping clips in flow space), noised "
                                       "(naive + LVDM-style noise on the carried-over conditioning)."),
-    overlap: int = typer.Option(DEFAULT_OVERLAP, "--overlap", min=1, help="Frames shared by consecutive clips (crossfade)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", min=1,
+                                          help=f"Frames shared by consecutive clips (crossfade; default "
+                                               f"{DEFAULT_OVERLAP}, at most half a clip)."),
     cond_noise: Optional[float] = typer.Option(None, "--cond-noise", min=0.0,
                                                help=f"Noise on the carried-over latent, relative to its spread "
                                                     f"(default {DEFAULT_COND_NOISE} for noised, else 0)."),

@@ -32,8 +32,6 @@ FORMATS = ("mp4", "gif", "png")
 MANIFEST_COLUMNS = ("image", "condition", "seed", "frames", "steps", "guidance", "sampler", "eta", "output")
 _COLUMN_ALIASES = {"output_name": "output", "name": "output", "out": "output", "img": "image",
                    "class": "condition", "label": "condition"}
-FRAME0_HELP = ("Frame 0 is the model's own first frame (the authors' models generate it too): close to, "
-               "but not exactly, the input image.")
 
 # ---------------------------------------------------------------------------------------------
 # Options shared with `lfdm chain`

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -40,11 +42,17 @@ def check_precision(precision: str) -> str:
     return value
 
 
-def exit_interrupted(exc: TrainingInterrupted, resume_hint: str) -> None:
+def resume_command() -> str:
+    """The command line that started this process, with --resume."""
+    args = [a for a in sys.argv[1:] if a != "--resume"]
+    return " ".join(["lfdm", *map(shlex.quote, args), "--resume"])
+
+
+def exit_interrupted(exc: TrainingInterrupted) -> None:
     """After Ctrl-C (or SIGTERM) saved a checkpoint: say where and how to continue; exit 128+signal."""
     if exc.checkpoint is not None:
         err.print(f"Interrupted at step {exc.step}; saved checkpoint {exc.checkpoint}.", markup=False, highlight=False)
-        err.print(f"Continue with: {resume_hint}", markup=False, highlight=False)
+        err.print(f"Continue with: {resume_command()}", markup=False, highlight=False)
     raise typer.Exit(exc.exit_code)
 
 
@@ -100,7 +108,7 @@ def lfae_cmd(
                             precision=check_precision(precision), vgg_weights=vgg_weights, seed=seed,
                             workers=workers, show_progress=not quiet)
     except TrainingInterrupted as exc:
-        exit_interrupted(exc, f"lfdm train lfae --recipe {recipe} --data {data} --out {out_dir} --resume")
+        exit_interrupted(exc)
         return
     from lfdm_cli.training.loop import read_run_record
 
@@ -121,10 +129,11 @@ def dm_cmd(
     device: str = DeviceOption,
     precision: str = PrecisionOption,
     seed: Optional[int] = SeedOption,
-    no_flow_cache: bool = typer.Option(
-        False, "--no-flow-cache",
-        help="Compute the flow targets with the frozen stage one at every step (from the colour-jittered "
-             "frames, as the reference) instead of once into a cache."),
+    flow_cache: Optional[bool] = typer.Option(
+        None, "--flow-cache/--no-flow-cache",
+        help="Compute the flow targets once into a cache and reuse them (with colour jitter: from the "
+             "unjittered frames), or with the frozen stage one at every step from the jittered frames, as "
+             "the reference (default: the recipe's dm.train.flow_cache)."),
     flow_cache_dir: Optional[Path] = typer.Option(
         None, "--flow-cache-dir",
         help="Where the flow cache lives (default OUT/flow_cache); runs on the same data and stage-one "
@@ -152,11 +161,11 @@ def dm_cmd(
     try:
         result = train_dm(recipe, data, lfae, out_dir, resume=resume, max_steps=max_steps, device=device,
                           precision=check_precision(precision), seed=seed,
-                          flow_cache=False if no_flow_cache else None, flow_cache_dir=flow_cache_dir,
+                          flow_cache=flow_cache, flow_cache_dir=flow_cache_dir,
                           workers=workers, embeddings=embeddings, bert_dir=bert_dir, show_progress=not quiet)
     except TrainingInterrupted as exc:
         exit_interrupted(exc, f"lfdm train dm --recipe {recipe} --data {data} --lfae {lfae} --out {out_dir}"
-                              + (" --no-flow-cache" if no_flow_cache else "") + " --resume")
+                              + {None: "", True: " --flow-cache", False: " --no-flow-cache"}[flow_cache] + " --resume")
         return
     from lfdm_cli.training.loop import read_run_record
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from lfdm_cli.config.schema import from_dict, to_dict
 from lfdm_cli.diffusion import samplers as _samplers
-from lfdm_cli.diffusion.conditions import ENCODER_DIMS, ENCODERS, ConditionTable
+from lfdm_cli.diffusion.conditions import ENCODER_DIMS, ENCODERS, NULL_CONDITION, ConditionTable
 from lfdm_cli.diffusion.config import DiffusionConfig, UNet3DConfig
 from lfdm_cli.diffusion.guidance import GuidedDenoiser
 from lfdm_cli.diffusion.objective import LossOutput, diffusion_loss
@@ -87,9 +87,27 @@ class FlowDiffusion(nn.Module):
 
     # ---- conditioning ----
 
-    def embed(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Condition embeddings (B, D) and null mask (B,) for condition names."""
-        return self.conditions.lookup(names)
+    def embed(self, names: Sequence[str], *, free_text: bool = False, bert_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition embeddings (B, D) and null mask (B,) for condition names.
+
+        Unknown names are an error naming the closest known condition, unless `free_text`: then
+        they are embedded with the model's text encoder (bert or minilm; a learned table cannot
+        embed new text, which is also an error)."""
+        if not free_text or all(n in self.conditions for n in names):
+            return self.conditions.lookup(names)
+        from lfdm_cli.diffusion.conditions import encode_texts
+
+        known = [n if n in self.conditions else NULL_CONDITION for n in names]
+        emb, null = self.conditions.lookup(known)
+        new = [n for n in names if n not in self.conditions]
+        rows = encode_texts(self.spec.encoder, new, bert_dir=bert_dir, use_cls=self.spec.text_use_bert_cls)
+        if rows.shape[-1] != emb.shape[-1]:
+            raise UserError(f"The text encoder gives {rows.shape[-1]}-d embeddings; this model expects {emb.shape[-1]}-d.")
+        emb = emb.clone()
+        for i, row in zip([i for i, n in enumerate(names) if n not in self.conditions], rows):
+            emb[i] = row.to(emb)
+            null[i] = False
+        return emb, null
 
     @property
     def dynamic_percentile(self) -> float | None:

@@ -50,7 +50,9 @@ LFAE_PART = "lfae"
 def lfae_digest(folder: ModelFolder) -> str:
     """Identifies a stage-one model: its configuration, frame size and weights (16 hex digits).
 
-    Unlike `ModelFolder.digest`, other parts of the folder (a diffusion model) do not count."""
+    Unlike `ModelFolder.digest`, other parts of the folder (a diffusion model) do not count, and
+    the weights are hashed by value (name, dtype, shape, bytes): safetensors writes its header
+    keys in no fixed order, so the same weights saved twice need not give the same file bytes."""
     h = hashlib.sha256()
     config = {"resolution": folder.meta.get("resolution"), "lfae": folder.meta.get("lfae")}
     h.update(json.dumps(config, sort_keys=True).encode())
@@ -58,9 +60,9 @@ def lfae_digest(folder: ModelFolder) -> str:
     if not file.is_file():
         raise UserError(f"Model folder {folder.path} has no stage-one weights ({file.name} is missing).",
                         hint="Pass the model folder written by `lfdm train lfae` or `lfdm convert lfae`.")
-    with open(file, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    for name, tensor in sorted(folder.load_tensors(LFAE_PART, dtype=None).items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
