@@ -1,6 +1,6 @@
 """CPU (or GPU) speed of the stage-one model at the paper configuration (random weights).
 
-Measures, each as the median of --repeats timed runs after --warmup untimed ones:
+Measures (wall clock and process CPU time), each as the median of --repeats timed runs after --warmup untimed ones:
   reconstruct   LFAE.reconstruct(source, driving), eval mode, no grad, batch 1 and 8
   train_step    forward + backward of reconstruct with a plain L1 loss, train mode, batch 1 and 8
                 (a lower bound of a training step: no VGG19 perceptual pyramid, no equivariance pass)
@@ -25,17 +25,19 @@ from lfdm_cli.lfae.config import LFAEModelConfig
 from lfdm_cli.lfae.model import LFAE
 
 
-def timed(fn, warmup: int, repeats: int, sync) -> list[float]:
+def timed(fn, warmup: int, repeats: int, sync) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds of each timed run."""
     for _ in range(warmup):
         fn()
         sync()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
-    return times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main() -> None:
@@ -58,12 +60,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
           f"threads {torch.get_num_threads()}, load average {load}")
     print(f"paper configuration (mug128): 128x128, {model.config.num_regions} regions, {n_params / 1e6:.1f}M parameters")
-    print(f"each number: median of {args.repeats} timed runs after {args.warmup} warm-up run(s)\n")
+    print(f"each number: median of {args.repeats} timed runs after {args.warmup} warm-up run(s); "
+          "cpu = process CPU seconds summed over threads\n")
 
-    def report(name: str, times: list[float], per: int | None = None) -> None:
-        med = statistics.median(times)
+    def report(name: str, times: tuple[list[float], list[float]], per: int | None = None) -> None:
+        wall, cpu = times
+        med = statistics.median(wall)
         extra = f"  ({med / per * 1000:.0f} ms per frame)" if per else ""
-        print(f"{name:44s} median {med:7.3f} s  min {min(times):7.3f} s{extra}")
+        # On a shared machine wall time grows with other jobs' load; CPU seconds (all threads) much less.
+        print(f"{name:44s} wall median {med:7.3f} s  min {min(wall):7.3f} s  "
+              f"cpu median {statistics.median(cpu):7.3f} s{extra}", flush=True)
 
     gen = torch.Generator().manual_seed(1)
     for batch in (1, 8):

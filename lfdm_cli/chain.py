@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -125,15 +125,15 @@ def crossfade_weights(overlap: int, *, device=None) -> torch.Tensor:
 def chain(pipeline: GenerationPipeline, image: torch.Tensor, conditions: Sequence[str], *,
           segments: int | None = None, frames_per_segment: int | None = None, strategy: str = DEFAULT_STRATEGY,
           overlap: int | None = None, cond_noise: float | None = None, seed: int = 0,
-          settings: SamplingSettings | None = None, chunk_size: int | None = None, progress: bool = False,
-          on_segment: Callable[[int, int], None] | None = None) -> ChainResult:
+          settings: SamplingSettings | None = None, chunk_size: int | None = None,
+          progress: bool = False) -> ChainResult:
     """Chain `segments` clips (default: one per condition; the list repeats when shorter) from
     one image (3, S, S) or (1, 3, S, S) in [0, 1]. See the module doc for the strategies."""
     from lfdm_cli.progress import Progress
 
     if strategy not in STRATEGIES:
         raise unknown_name_error("chain strategy", strategy, STRATEGIES)
-    conditions = [c for c in conditions]
+    conditions = list(conditions)
     if not conditions:
         raise UserError("Give at least one condition (--conditions a,b,c).")
     pipeline.check_conditions(conditions)
@@ -230,8 +230,6 @@ def chain(pipeline: GenerationPipeline, image: torch.Tensor, conditions: Sequenc
                 timings["sample_s"] += t2 - t1
                 timings["decode_s"] += t3 - t2
                 bar.update(1)
-                if on_segment is not None:
-                    on_segment(i + 1, segments)
     finally:
         bar.close()
     video = torch.cat(out)

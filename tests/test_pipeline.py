@@ -107,6 +107,17 @@ def test_generate_is_the_authors_composition(pipe):
     assert torch.allclose(ours.videos, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_seed_s_is_the_demos_manual_seed_s_on_cpu(pipe, sampler):
+    """A single video with seed S draws exactly what torch.manual_seed(S) + the global RNG draws
+    (the authors' demo seeds once and samples), so `lfdm generate --seed S` reproduces it on CPU."""
+    x = images(1, seed=5)
+    ours = pipe.generate(x, ["sadness"], seeds=[1234], sampler=sampler, steps=3, eta=1.0, ddim_spacing="reference")
+    torch.manual_seed(1234)
+    demo = pipe.generate(x, ["sadness"], seeds=None, sampler=sampler, steps=3, eta=1.0, ddim_spacing="reference")
+    assert torch.equal(ours.flows, demo.flows) and torch.equal(ours.videos, demo.videos)
+
+
 def test_encodes_once_and_decodes_all_frames_in_one_pass(pipe, monkeypatch):
     calls = {"encode": 0, "decode": []}
     real_encode, real_decode = pipe.lfae.generator.encode, pipe.lfae.generator.decode
