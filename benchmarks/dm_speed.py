@@ -29,22 +29,29 @@ import torch
 from lfdm_cli.diffusion.model import DMSpec, FlowDiffusion
 
 
-def timed(fn, warmup: int, repeats: int, sync) -> list[float]:
+def timed(fn, warmup: int, repeats: int, sync) -> list[tuple[float, float]]:
+    """(wall seconds, process CPU seconds) of each timed run."""
     for _ in range(warmup):
         fn()
         sync()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         fn()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, time.process_time() - cpu))
     return times
 
 
-def report(name: str, times: list[float], note: str = "") -> None:
-    runs = ", ".join(f"{t:.2f}" for t in times)
-    print(f"{name:12s} median {statistics.median(times):7.2f} s   runs [{runs}] {note}", flush=True)
+def report(name: str, times: list[tuple[float, float]], note: str = "") -> None:
+    walls = [w for w, _ in times]
+    cpus = [c for _, c in times]
+    runs = ", ".join(f"{w:.2f}" for w in walls)
+    # On a busy machine wall time is inflated by waiting for a core; CPU time per thread is a
+    # rough estimate of the wall time on an idle one.
+    print(f"{name:12s} median wall {statistics.median(walls):7.2f} s  runs [{runs}]  "
+          f"median CPU {statistics.median(cpus):7.2f} s (/{torch.get_num_threads()} threads = "
+          f"{statistics.median(cpus) / torch.get_num_threads():.2f} s) {note}", flush=True)
 
 
 def main() -> None:
@@ -73,7 +80,8 @@ def main() -> None:
           f"threads {torch.get_num_threads()}, load average before {load}")
     print(f"paper configuration: U-Net dim 64 x (1,2,4,8), {spec.in_channels} input channels, "
           f"{n_params:,} U-Net parameters, {args.frames} frames at {args.size}x{args.size}, batch 1")
-    print(f"each figure: median of {args.repeats} timed runs after {args.warmup} warm-up run(s)")
+    print(f"each figure: median of {args.repeats} timed runs after {args.warmup} warm-up run(s); "
+          f"wall time and process CPU time")
 
     g = torch.Generator().manual_seed(1)
     fea = torch.randn(1, 256, args.size, args.size, generator=g).to(device)

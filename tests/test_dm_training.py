@@ -163,6 +163,7 @@ def test_resume_refuses_other_targets_or_stage_one(assets, tmp_path):
     other = make_lfae(tmp_path / "other_lfae", seed=1)
     with pytest.raises(UserError, match="lfae_digest"):
         train_dm("tiny", data, other, run, device="cpu", max_steps=2, resume=True, show_progress=False)
+    assert len(list((run / "flow_cache").iterdir())) == 1   # refused before building a cache for it
 
 
 def test_bad_inputs_are_user_errors(assets, tmp_path, lfdm):

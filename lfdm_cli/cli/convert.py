@@ -119,7 +119,7 @@ def dm_cmd(
                                         "embeddings come from --embeddings or from a local bert-base-cased)."),
     embeddings: Path = typer.Option(None, "--embeddings",
                                     help="Precomputed 768-d condition embeddings: .safetensors (one vector per "
-                                         "name) or .json {name: [numbers]}. Without --conditions, every name "
+                                         "name) or .json {name: list of numbers}. Without --conditions, every name "
                                          "in the file is used."),
     bert_dir: Path = typer.Option(None, "--bert-dir", help="Folder with bert-base-cased's files (else "
                                                            "$LFDM_BERT_DIR or the local Hugging Face cache)."),

@@ -64,6 +64,7 @@ from lfdm_cli.training.loop import (
     TrainingTask,
     TrainResult,
     multistep_lr_factor,
+    resume_metadata,
 )
 
 MODEL_DIR = "model"
@@ -342,6 +343,11 @@ def train_dm(recipe: str | Path, data: str | Path, lfae: str | Path, out: str | 
     cache_root = Path(flow_cache_dir) if flow_cache_dir is not None else Path(out) / FLOW_CACHE_DIR
     task = DMTask(rec, recipe_path.stem, train_split, folder, flow_cache=use_cache, cache_root=cache_root,
                   embeddings=embeddings, bert_dir=bert_dir, show_progress=show_progress)
+    if resume:
+        # Before the flow cache is built for a stage one the run cannot continue with anyway.
+        recorded = resume_metadata(out)
+        if recorded is not None:
+            task.check_resume(recorded)
     train = rec.dm.train
     if use_cache and train.color_jitter and _is_main_process() and show_progress:
         print("Note: flow targets come from the flow cache, computed on frames without colour jitter "

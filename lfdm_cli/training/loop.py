@@ -564,10 +564,8 @@ class Trainer:
                     output = task.training_step(module, batch, sctx)
                 terms = {k: v.float() for k, v in output.losses.items()}
                 loss = sum(terms.values())
-                flags = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0,
-                                      1.0 if stop.signum is not None else 0.0], device=device)
-                flags = all_reduce_max(flags, ctx)
-                if flags[0] > 0:
+                nonfinite = torch.tensor([0.0 if bool(torch.isfinite(loss)) else 1.0], device=device)
+                if all_reduce_max(nonfinite, ctx).item() > 0:
                     self._fail_nonfinite("loss", step + 1, terms, last_checkpoint)
 
                 grad_norm = None
@@ -619,7 +617,9 @@ class Trainer:
 
                 epoch_info = {"epoch": step // spe, "epoch_step": step % spe, "steps_per_epoch": spe,
                               "items_per_epoch": sampler.num_items, "total_steps": total_steps}
-                if flags[1] > 0:
+                # Every process must agree to stop (a signal may reach only some of them).
+                stopping = torch.tensor([1.0 if stop.signum is not None else 0.0], device=device)
+                if all_reduce_max(stopping, ctx).item() > 0:
                     last_checkpoint = self._save(step, epoch_info, ctx, precision, last_losses)
                     raise TrainingInterrupted(stop.signum or signal.SIGINT, last_checkpoint if main else None, step)
                 if step % settings.checkpoint_every == 0 or step == total_steps:
