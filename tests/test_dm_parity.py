@@ -292,3 +292,15 @@ def test_ema_tracks_weights(model):
     assert not any(p.requires_grad for p in ema.shadow.parameters())
     warm = EMA(m, decay=0.999)
     assert warm.current_decay() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("sampler, guidance", [("ddim", 1.0), ("dpmpp", 1.0), ("ddim", 2.0)])
+def test_samplers_with_the_unet(model, io, sampler, guidance):
+    fea, cond = io["unet/in_fea"], io["unet/in_cond"]
+    g = torch.Generator().manual_seed(0)
+    out = model.sample(fea, cond, sampler=sampler, steps=3, guidance=guidance, generator=g)
+    assert out.shape == (2, 3, 10, 16, 16) and torch.isfinite(out).all()
+    assert out.abs().max() <= 1.0 + 1e-6  # the last step lands on the thresholded x0
+    again = model.sample(fea, cond, sampler=sampler, steps=3, guidance=guidance,
+                         generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
