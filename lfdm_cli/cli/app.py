@@ -51,8 +51,10 @@ def _register_commands() -> None:
     from lfdm_cli.cli import train as train_cmd
     from lfdm_cli.cli import generate as generate_cmd
     from lfdm_cli.cli import chain as chain_cmd
+    from lfdm_cli.cli import demo as demo_cmd
 
-    for module in (recipes_cmd, info_cmd, evaluate_cmd, convert_cmd, data_cmd, train_cmd, generate_cmd, chain_cmd):
+    for module in (recipes_cmd, info_cmd, evaluate_cmd, convert_cmd, data_cmd, train_cmd, generate_cmd, chain_cmd,
+                   demo_cmd):
         module.register(app)
 
 
