@@ -169,13 +169,21 @@ class DMTask(TrainingTask):
 
         distributed = dist.is_available() and dist.is_initialized()
         rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        computed = self.cache.build(self.lfae, self.data, self.dataset.frames_used, device,
-                                    chunk_size=self.stage.train.stage_one_batch, rank=rank, world_size=world,
-                                    show_progress=self.show_progress)
+        per_epoch = len(self.dataset) * self.stage.train.num_frames   # stage-one frames an epoch needs without it
+
+        def announce(frames: int, videos: int) -> None:
+            if rank == 0 and self.show_progress:
+                share = " (this process's share)" if world > 1 else ""
+                print(f"Flow cache: computing {frames} frame targets of {videos} videos{share} into "
+                      f"{self.cache.folder} before the first step, about {frames * world / per_epoch:.1f} "
+                      "epochs' worth of stage-one passes, after which steps need none "
+                      "(--no-flow-cache skips this).", file=sys.stderr)
+
+        self.cache.build(self.lfae, self.data, self.dataset.frames_used, device,
+                         chunk_size=self.stage.train.stage_one_batch, rank=rank, world_size=world,
+                         show_progress=self.show_progress, announce=announce)
         if distributed:
             dist.barrier()
-        if computed and rank == 0 and self.show_progress:
-            print(f"Flow cache: computed {computed} frame targets in {self.cache.folder}.", file=sys.stderr)
         self.dataset.targets = self.cache
 
     @property

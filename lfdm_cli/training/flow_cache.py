@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -90,6 +91,17 @@ def video_targets(lfae, frames: np.ndarray, indices: np.ndarray, device: torch.d
     return flow[0].float().cpu(), occlusion[0].float().cpu()
 
 
+@dataclass
+class CachePlan:
+    """One video's state in the cache: its frames file's hash, what its cache file holds (None:
+    nothing valid) and the needed frames it lacks."""
+
+    record: VideoRecord
+    video_sha256: str
+    have: dict[str, torch.Tensor] | None
+    missing: np.ndarray
+
+
 class FlowCache:
     """The per-video target files of one stage-one model under `root` (see the module doc)."""
 
@@ -117,20 +129,22 @@ class FlowCache:
         except (SafetensorError, OSError, ValueError):
             return None   # a damaged file is recomputed
 
-    def ensure(self, lfae, dataset: Dataset, record: VideoRecord, needed: np.ndarray, device: torch.device,
-               chunk_size: int | None = None) -> int:
-        """Make the video's file hold every frame in `needed`; returns how many frames were computed."""
-        video_file = dataset.path / record.file
-        video_sha = file_sha256(video_file)
+    def plan(self, dataset: Dataset, record: VideoRecord, needed: np.ndarray) -> CachePlan:
+        """What the video's file lacks of `needed` (hashes the video's frames file)."""
+        video_sha = file_sha256(dataset.path / record.file)
         have = self._existing(record, video_sha)
         present = have["frames"].numpy() if have is not None else np.zeros(0, np.int64)
-        missing = np.setdiff1d(needed, present)
+        return CachePlan(record, video_sha, have, np.setdiff1d(np.asarray(needed, dtype=np.int64), present))
+
+    def fill(self, lfae, dataset: Dataset, plan: CachePlan, device: torch.device, chunk_size: int | None = None) -> int:
+        """Compute a plan's missing frames and rewrite the video's file; returns how many were computed."""
+        record, have, missing = plan.record, plan.have, plan.missing
         if not missing.size:
             return 0
         frames = dataset.load(record, mmap=True)
         flow, occ = video_targets(lfae, frames, missing, device, chunk_size)
         if have is not None:
-            order_frames = np.concatenate([present, missing])
+            order_frames = np.concatenate([have["frames"].numpy(), missing])
             flow = torch.cat([have["flow"], flow])
             occ = torch.cat([have["occlusion"], occ])
         else:
@@ -140,7 +154,7 @@ class FlowCache:
                    "flow": flow[torch.from_numpy(order)].contiguous(),
                    "occlusion": occ[torch.from_numpy(order)].contiguous()}
         meta = {"format": CACHE_FORMAT, "lfae_digest": self.digest, "video_id": record.id,
-                "video_sha256": video_sha, "video_frames": str(record.frames)}
+                "video_sha256": plan.video_sha256, "video_frames": str(record.frames)}
         try:
             with atomic_path(self.path(record)) as tmp:
                 save_file(tensors, str(tmp), metadata=meta)
@@ -149,19 +163,34 @@ class FlowCache:
                              hint="Check free space, or pass --no-flow-cache.") from None
         return int(missing.size)
 
+    def ensure(self, lfae, dataset: Dataset, record: VideoRecord, needed: np.ndarray, device: torch.device,
+               chunk_size: int | None = None) -> int:
+        """Make the video's file hold every frame in `needed`; returns how many frames were computed."""
+        return self.fill(lfae, dataset, self.plan(dataset, record, needed), device, chunk_size)
+
     def build(self, lfae, dataset: Dataset, needed: Callable[[VideoRecord], np.ndarray], device: torch.device,
-              *, chunk_size: int | None = None, rank: int = 0, world_size: int = 1,
-              show_progress: bool = True) -> int:
+              *, chunk_size: int | None = None, rank: int = 0, world_size: int = 1, show_progress: bool = True,
+              announce: Callable[[int, int], None] | None = None) -> int:
         """Fill the cache for every video of `dataset` (this process's share: videos rank::world_size).
-        Returns the number of frames computed."""
+
+        `announce(frames, videos)` is called with the amount of work found missing before any of
+        it is done (when there is some). Returns the number of frames computed."""
         records = list(dataset.videos)[rank::world_size]
         self.folder.mkdir(parents=True, exist_ok=True)
-        bar = Progress(len(records), desc="flow cache", unit="video", enabled=show_progress and rank == 0)
+        plans = [self.plan(dataset, record, needed(record)) for record in records]
+        plans = [p for p in plans if p.missing.size]
+        total = sum(int(p.missing.size) for p in plans)
+        if not total:
+            return 0
+        if announce is not None:
+            announce(total, len(plans))
+        bar = Progress(total, desc="flow cache", unit="frame", enabled=show_progress and rank == 0)
         computed = 0
         try:
-            for record in records:
-                computed += self.ensure(lfae, dataset, record, needed(record), device, chunk_size)
-                bar.update(1)
+            for plan in plans:
+                n = self.fill(lfae, dataset, plan, device, chunk_size)
+                computed += n
+                bar.update(n)
         finally:
             bar.close()
         return computed
@@ -188,4 +217,4 @@ class FlowCache:
         return tensors["flow"][rows_t].numpy(), tensors["occlusion"][rows_t].numpy()
 
 
-__all__ = ["CACHE_FORMAT", "FlowCache", "file_sha256", "lfae_digest", "video_targets"]
+__all__ = ["CACHE_FORMAT", "CachePlan", "FlowCache", "file_sha256", "lfae_digest", "video_targets"]
