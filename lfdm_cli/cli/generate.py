@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ import typer
 from lfdm_cli import __version__
 from lfdm_cli.cli.common import DeviceOption, err, out, print_json_line
 from lfdm_cli.errors import LfdmError, RunFailure, UserError, unknown_name_error
+from lfdm_cli.hashing import file_sha256
 
 SIDECAR_FORMAT = "lfdm-generate/1"
 FORMATS = ("mp4", "gif", "png")
@@ -123,12 +123,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def device_info(device) -> dict[str, Any]:

@@ -21,7 +21,6 @@ reverts SVD axis swaps).
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from lfdm_cli.errors import UserError
 from lfdm_cli.lfae.config import LFAETrainConfig
 from lfdm_cli.lfae.layers import AntiAliasDownsample
 from lfdm_cli.lfae.transforms import RandomTPS
+from lfdm_cli.hashing import file_sha256
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
 VGG19_URL = "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"
@@ -94,12 +94,6 @@ def default_vgg19_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_vgg19(path: str | Path) -> VGG19Features:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfdm_cli.errors import UserError
+from lfdm_cli.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -258,12 +259,6 @@ def tensors_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def packaged_checkpoint() -> Path | None:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfdm_cli import __version__
-from lfdm_cli.config.recipe import Recipe, load_recipe, resolve_recipe_path
+from lfdm_cli.config.recipe import Recipe
 from lfdm_cli.config.schema import to_dict
 from lfdm_cli.data.dataset import Dataset
 from lfdm_cli.diffusion.conditions import NULL_CONDITION, build_condition_table, load_embeddings_file
@@ -56,6 +56,7 @@ from lfdm_cli.training.clips import ClipDataset
 from lfdm_cli.training.ema import EMA
 from lfdm_cli.training.flow_cache import FlowCache, lfae_digest
 from lfdm_cli.training.lfae_trainer import dataset_fingerprint
+from lfdm_cli.training.inputs import load_stage_inputs
 from lfdm_cli.training.loop import (
     LoopSettings,
     StepContext,
@@ -332,20 +333,7 @@ def train_dm(recipe: str | Path, data: str | Path, lfae: str | Path, out: str | 
     flow_cache: None follows the recipe (dm.train.flow_cache); flow_cache_dir: where the cache
     lives (default RUN_DIR/flow_cache; share one folder between runs on the same data and LFAE).
     """
-    recipe_path = resolve_recipe_path(recipe)
-    rec = load_recipe(recipe_path)
-    if rec.dm is None:
-        raise UserError(f"Recipe {recipe_path} has no 'dm' section.",
-                        hint="Stage two needs dm: {unet: ..., train: ...}; see `lfdm recipes show mug128`.")
-    dataset = Dataset.open(data)
-    if dataset.size != rec.data.size:
-        raise UserError(f"The dataset in {data} has {dataset.size}x{dataset.size} frames but recipe "
-                        f"'{recipe_path.stem}' trains at {rec.data.size}x{rec.data.size}.",
-                        hint=f"Convert the videos at the recipe's size (lfdm preprocess ... --size {rec.data.size}) "
-                             "or use a recipe for this size.")
-    train_split = dataset.split("train")
-    if not len(train_split):
-        raise UserError(f"The dataset in {data} has no training videos (split 'train').")
+    recipe_path, rec, dataset, train_split = load_stage_inputs(recipe, data, "dm")
     folder = load_model_folder(lfae)
     use_cache = rec.dm.train.flow_cache if flow_cache is None else bool(flow_cache)
     cache_root = Path(flow_cache_dir) if flow_cache_dir is not None else Path(out) / FLOW_CACHE_DIR

@@ -43,6 +43,7 @@ from lfdm_cli.data.dataset import Dataset, VideoRecord
 from lfdm_cli.errors import RunFailure, UserError
 from lfdm_cli.modelfolder import ModelFolder
 from lfdm_cli.progress import Progress
+from lfdm_cli.hashing import file_sha256
 
 CACHE_FORMAT = "lfdm-flow-cache/1"
 LFAE_PART = "lfae"
@@ -67,12 +68,6 @@ def lfae_digest(folder: ModelFolder) -> str:
     return h.hexdigest()[:16]
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def video_targets(lfae, frames: np.ndarray, indices: np.ndarray, device: torch.device,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lfdm_cli import __version__
-from lfdm_cli.config.recipe import Recipe, load_recipe, resolve_recipe_path
+from lfdm_cli.config.recipe import Recipe
 from lfdm_cli.config.schema import to_dict
 from lfdm_cli.data.dataset import Dataset
 from lfdm_cli.errors import UserError
@@ -37,6 +37,7 @@ from lfdm_cli.lfae.losses import (
 from lfdm_cli.lfae.model import LFAE, lfae_meta
 from lfdm_cli.lfae.transforms import RandomTPS, augment_frames
 from lfdm_cli.modelfolder import save_model_folder
+from lfdm_cli.training.inputs import load_stage_inputs
 from lfdm_cli.training.loop import (
     LoopSettings,
     StepContext,
@@ -191,20 +192,7 @@ def train_lfae(recipe: str | Path, data: str | Path, out: str | Path, *, resume:
                vgg_weights: str | Path | None = None, seed: int | None = None, workers: int | None = None,
                show_progress: bool = True) -> TrainResult:
     """Run (or resume) stage-one training; on rank 0 the run ends with RUN_DIR/model/."""
-    recipe_path = resolve_recipe_path(recipe)
-    rec = load_recipe(recipe_path)
-    if rec.lfae is None:
-        raise UserError(f"Recipe {recipe_path} has no 'lfae' section.",
-                        hint="Stage one needs lfae: {model: ..., train: ...}; see `lfdm recipes show mug128`.")
-    dataset = Dataset.open(data)
-    if dataset.size != rec.data.size:
-        raise UserError(f"The dataset in {data} has {dataset.size}x{dataset.size} frames but recipe "
-                        f"'{recipe_path.stem}' trains at {rec.data.size}x{rec.data.size}.",
-                        hint=f"Convert the videos at the recipe's size (lfdm preprocess ... --size {rec.data.size}) "
-                             "or use a recipe for this size.")
-    train_split = dataset.split("train")
-    if not len(train_split):
-        raise UserError(f"The dataset in {data} has no training videos (split 'train').")
+    recipe_path, rec, dataset, train_split = load_stage_inputs(recipe, data, "lfae")
     rec.lfae.model.check_frame_size(rec.data.size, source=str(recipe_path))
 
     recorded = resume_metadata(out) if resume else None
