@@ -37,6 +37,16 @@ def _tmp_sibling(path: Path, is_dir: bool = False) -> Path:
     return Path(name)
 
 
+def _public(path: Path) -> None:
+    """Give files the permissions open() would: some writers (safetensors) create them 0600."""
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file() and not child.is_symlink():
+                os.chmod(child, 0o666 & ~_UMASK)
+    elif path.is_file():
+        os.chmod(path, 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds."""
@@ -45,6 +55,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _tmp_sibling(path)
     try:
         yield tmp
+        _public(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -64,6 +75,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     tmp = _tmp_sibling(path, is_dir=True)
     try:
         yield tmp
+        _public(tmp)
         if path.exists():
             if not overwrite:
                 raise FileExistsError(f"{path} already exists")
