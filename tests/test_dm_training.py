@@ -239,3 +239,28 @@ def test_flow_cache_is_invalidated_by_another_stage_one_or_changed_frames(assets
     assert a.ensure(load_lfae(first), data, record, clips.frames_used(record), cpu) == FRAMES
     expected = video_targets(load_lfae(first), 255 - video, clips.frames_used(record), cpu)[0]
     assert torch.equal(torch.from_numpy(a.lookup(record, clips.frames_used(record))[0]), expected)
+
+
+@pytest.mark.parametrize("stage", ["lfae", "dm"])
+def test_interrupt_message_and_exit_code_for_both_stages(stage, monkeypatch, tmp_path):
+    """Ctrl-C inside either trainer: the checkpoint is named, the resume command printed, exit 130."""
+    import signal
+
+    from typer.testing import CliRunner
+
+    import lfdm_cli.training.dm_trainer as dm_trainer
+    import lfdm_cli.training.lfae_trainer as lfae_trainer
+    from lfdm_cli.cli.app import app
+    from lfdm_cli.training.loop import TrainingInterrupted
+
+    def interrupted(*args, **kwargs):
+        raise TrainingInterrupted(signal.SIGINT, tmp_path / "checkpoints" / "step_0000003", 3)
+
+    monkeypatch.setattr(lfae_trainer, "train_lfae", interrupted)
+    monkeypatch.setattr(dm_trainer, "train_dm", interrupted)
+    args = ["train", stage, "--recipe", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run")]
+    if stage == "dm":
+        args += ["--lfae", str(tmp_path)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 130, res.output
+    assert "step_0000003" in res.output and "--resume" in res.output

@@ -164,8 +164,7 @@ def dm_cmd(
                           flow_cache=flow_cache, flow_cache_dir=flow_cache_dir,
                           workers=workers, embeddings=embeddings, bert_dir=bert_dir, show_progress=not quiet)
     except TrainingInterrupted as exc:
-        exit_interrupted(exc, f"lfdm train dm --recipe {recipe} --data {data} --lfae {lfae} --out {out_dir}"
-                              + {None: "", True: " --flow-cache", False: " --no-flow-cache"}[flow_cache] + " --resume")
+        exit_interrupted(exc)
         return
     from lfdm_cli.training.loop import read_run_record
 
