@@ -37,3 +37,25 @@ def test_readme_command_reference_lists_every_command():
                 assert f"lfdm {name} {sub}" in text, f"README does not document `lfdm {name} {sub}`"
         else:
             assert f"lfdm {name}" in text, f"README does not document `lfdm {name}`"
+
+
+def test_quickstart_first_command_runs_as_written(tmp_path):
+    """The Quickstart's first command, after its install steps, in a fresh folder."""
+    import shlex
+    import subprocess
+    import sys
+
+    blocks = readme_blocks()
+    quick = next(b for b in blocks if "lfdm synth faces" in b and "pip install" in b).strip()
+    steps = [s.strip() for s in quick.split("&&")]
+    lfdm_steps = [s for s in steps if s.startswith("lfdm ")]
+    assert lfdm_steps and all(s.startswith(("python -m pip", "lfdm ")) for s in steps)
+    for step in lfdm_steps:
+        args = shlex.split(step)[1:]
+        res = subprocess.run([sys.executable, "-m", "lfdm_cli", *args], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, (step, res.stderr)
+    from lfdm_cli.io import read_video
+
+    preview = read_video(tmp_path / "synthfaces.gif")
+    assert preview.shape[0] > 1 and preview.std() > 10
