@@ -187,6 +187,18 @@ def _print_warnings(result: dict[str, Any]) -> None:
         _warn(message)
 
 
+
+def _emit(result: dict, output, json_out: bool, table: str, settings_line: str) -> None:
+    """Warnings to stderr, the result to -o FILE, then JSON or the table and its settings to stdout."""
+    _print_warnings(result)
+    if output is not None:
+        save_result(output, result)
+    if json_out:
+        print_json(result)
+        return
+    out.print(table, markup=False, highlight=False)
+    out.print(settings_line, markup=False, highlight=False)
+
 @evaluate_app.command("reconstruction")
 def reconstruction_cmd(
     model: Optional[Path] = ModelEvalOption,
@@ -213,19 +225,12 @@ def reconstruction_cmd(
 
     result = evaluate_reconstruction(model, data, split=split, frames=frames, videos=videos, batch_size=batch_size,
                                      device=resolve_device(device), progress=True)
-    _print_warnings(result)
-    if output is not None:
-        save_result(output, result)
-    if json_out:
-        print_json(result)
-        return
-    out.print(reconstruction_table(result), markup=False, highlight=False)
     st = result["settings"]
-    out.print(f"settings: model digest={st['model']['digest']}; data digest={st['data']['digest']}; "
+    _emit(result, output, json_out, reconstruction_table(result), f"settings: model digest={st['model']['digest']}; data digest={st['data']['digest']}; "
               f"split={st['data']['split']}; clips={st['frames']} frames evenly spaced over each video (all frames of "
               f"a shorter one), rebuilt from frame 0; "
               f"short videos={len(st['short_videos'])}; L1 as the authors' script prints it="
-              f"{result['scores']['l1_authors_script']:.4f}", markup=False, highlight=False)
+              f"{result['scores']['l1_authors_script']:.4f}")
 
 
 # ------------------------------------------------------------------------------ evaluate generation
@@ -280,18 +285,11 @@ def generation_cmd(
     result = evaluate_generation(model, data, config, work_dir=work_dir, i3d_weights=i3d_weights,
                                  device=resolve_device(device), progress=True,
                                  log=lambda m: err.print(m, markup=False, highlight=False))
-    _print_warnings(result)
-    if output is not None:
-        save_result(output, result)
-    if json_out:
-        print_json(result)
-        return
-    out.print(generation_table(result), markup=False, highlight=False)
     st = result["settings"]
-    out.print(f"settings: model digest={st['model']['digest']}; data digest={st['data']['digest']}; "
+    _emit(result, output, json_out, generation_table(result), f"settings: model digest={st['model']['digest']}; data digest={st['data']['digest']}; "
               f"split={st['data']['split']}; real clips={st['frames']} frames evenly spaced over each video; "
               f"i3d_weights_sha256={st['i3d_weights_sha256']}; work dir={st['work_dir']} "
-              f"({st['videos_generated']} generated, {st['videos_reused']} reused)", markup=False, highlight=False)
+              f"({st['videos_generated']} generated, {st['videos_reused']} reused)")
 
 
 def register(app: typer.Typer) -> None:
