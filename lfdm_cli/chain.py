@@ -39,10 +39,7 @@ import torch.nn.functional as F
 from lfdm_cli.errors import UserError, unknown_name_error
 from lfdm_cli.pipeline import GenerationPipeline, SamplingSettings, cpu_generators
 
-STRATEGIES = ("reanchor", "naive", "crossfade", "noised")
-DEFAULT_STRATEGY = "reanchor"
-DEFAULT_OVERLAP = 4
-DEFAULT_COND_NOISE = 0.1
+from lfdm_cli.chain_defaults import DEFAULT_COND_NOISE, DEFAULT_OVERLAP, DEFAULT_STRATEGY, STRATEGIES
 # Keeps the conditioning-noise stream apart from the sampler's stream of the same seed, so that
 # every strategy samples its flows from the same noise.
 _COND_NOISE_SALT = 0x9E3779B97F4A7C15

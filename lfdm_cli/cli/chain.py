@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from lfdm_cli import __version__
-from lfdm_cli.chain import DEFAULT_COND_NOISE, DEFAULT_OVERLAP, DEFAULT_STRATEGY, STRATEGIES
+from lfdm_cli.chain_defaults import DEFAULT_COND_NOISE, DEFAULT_OVERLAP, DEFAULT_STRATEGY, STRATEGIES
 from lfdm_cli.cli.common import DeviceOption, err, out, print_json_line
 from lfdm_cli.cli.generate import (
     EmaOption,

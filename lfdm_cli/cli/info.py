@@ -8,7 +8,6 @@ import typer
 from rich.table import Table
 
 from lfdm_cli.cli.common import JsonOption, out, print_json
-from lfdm_cli.modelfolder import load_model_folder
 
 
 def _flatten(prefix: str, value, rows: list) -> None:
@@ -27,6 +26,8 @@ def info(
 
     Example: lfdm info weights/synthfaces64
     """
+    from lfdm_cli.modelfolder import load_model_folder
+
     folder = load_model_folder(path)
     parts = {}
     for part in folder.parts:

@@ -10,7 +10,6 @@ from typing import Optional
 import typer
 
 from lfdm_cli.cli.common import DeviceOption, JsonOption, err, out, print_json
-from lfdm_cli.training.loop import PRECISIONS, TrainingInterrupted, TrainResult
 
 train_app = typer.Typer(
     help="Train a model: `lfae` (stage one, the latent flow auto-encoder) and `dm` (stage two, the "
@@ -37,6 +36,8 @@ def check_precision(precision: str) -> str:
     from lfdm_cli.errors import UserError
 
     value = precision.lower()
+    from lfdm_cli.training.loop import PRECISIONS
+
     if value not in PRECISIONS:
         raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
     return value
@@ -48,7 +49,7 @@ def resume_command() -> str:
     return " ".join(["lfdm", *map(shlex.quote, args), "--resume"])
 
 
-def exit_interrupted(exc: TrainingInterrupted) -> None:
+def exit_interrupted(exc: "TrainingInterrupted") -> None:
     """After Ctrl-C (or SIGTERM) saved a checkpoint: say where and how to continue; exit 128+signal."""
     if exc.checkpoint is not None:
         err.print(f"Interrupted at step {exc.step}; saved checkpoint {exc.checkpoint}.", markup=False, highlight=False)
@@ -56,7 +57,7 @@ def exit_interrupted(exc: TrainingInterrupted) -> None:
     raise typer.Exit(exc.exit_code)
 
 
-def report(result: TrainResult, model_dir: Path | None, json_out: bool, extra: dict | None = None) -> None:
+def report(result: "TrainResult", model_dir: Path | None, json_out: bool, extra: dict | None = None) -> None:
     """Rank 0 prints the result: the model folder on stdout (or a JSON summary)."""
     if not result.is_main:
         return
@@ -102,6 +103,7 @@ def lfae_cmd(
     Several GPUs: torchrun --nproc_per_node 4 -m lfdm_cli train lfae --recipe mug128 ...
     """
     from lfdm_cli.training.lfae_trainer import MODEL_DIR, train_lfae
+    from lfdm_cli.training.loop import TrainingInterrupted
 
     try:
         result = train_lfae(recipe, data, out_dir, resume=resume, max_steps=max_steps, device=device,
@@ -157,6 +159,7 @@ def dm_cmd(
     Several GPUs: torchrun --nproc_per_node 4 -m lfdm_cli train dm --recipe mug128 ...
     """
     from lfdm_cli.training.dm_trainer import MODEL_DIR, train_dm
+    from lfdm_cli.training.loop import TrainingInterrupted
 
     try:
         result = train_dm(recipe, data, lfae, out_dir, resume=resume, max_steps=max_steps, device=device,

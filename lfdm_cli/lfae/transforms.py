@@ -106,7 +106,7 @@ def random_flip(frames: np.ndarray, rng: np.random.Generator, time_flip: bool, h
     return frames
 
 
-def _adjust_hue(im: Image.Image, factor: float) -> Image.Image:
+def adjust_hue(im: Image.Image, factor: float) -> Image.Image:
     # As torchvision does for PIL images: shift the uint8 hue channel with wrap-around.
     h, s, v = im.convert("HSV").split()
     shift = int(factor * 255)  # truncated toward zero, as the int8 cast torchvision uses
@@ -134,7 +134,7 @@ def color_jitter(frames: np.ndarray, rng: np.random.Generator, brightness: float
         ops.append(lambda im, f=f: ImageEnhance.Color(im).enhance(f))
     if hue > 0:
         f = rng.uniform(-hue, hue)
-        ops.append(lambda im, f=f: _adjust_hue(im, f))
+        ops.append(lambda im, f=f: adjust_hue(im, f))
     if not ops:
         return frames
     order = rng.permutation(len(ops))

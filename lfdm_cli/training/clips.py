@@ -33,7 +33,7 @@ from PIL import Image, ImageEnhance
 
 from lfdm_cli.data.dataset import Dataset, VideoRecord
 from lfdm_cli.errors import UserError, unknown_name_error
-from lfdm_cli.lfae.transforms import _adjust_hue as adjust_hue_pil
+from lfdm_cli.lfae.transforms import adjust_hue as adjust_hue_pil
 
 SAMPLING_MODES = ("uniform", "random", "very_random")
 
