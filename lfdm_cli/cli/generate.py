@@ -96,16 +96,10 @@ def load_pipeline(model: Path | None, device: str, ema: bool):
 
 
 def output_kind(path: Path | str) -> str:
-    """mp4, gif, or frames (a folder of PNGs: a path without suffix or ending in '/')."""
-    text = os.fspath(path)
-    p = Path(text)
-    if text.endswith(("/", os.sep)) or p.is_dir() or not p.suffix:
-        return "frames"
-    suffix = p.suffix.lower()
-    if suffix in (".mp4", ".gif"):
-        return suffix[1:]
-    raise UserError(f"Cannot write video {p}: unknown suffix '{p.suffix}'.",
-                    hint="Use .mp4 (H.264), .gif, or a folder name (no suffix, or ending in '/') for PNG frames.")
+    """mp4, gif or frames, with the same rules (and error) as the writer that will write it."""
+    from lfdm_cli.io.video import output_kind as video_output_kind
+
+    return video_output_kind(path)
 
 
 def sidecar_path(path: Path, kind: str) -> Path:

@@ -430,7 +430,8 @@ def _write_folder(target: Path, frames: Iterator[np.ndarray]) -> None:
             raise ValueError("no frames to write")
 
 
-def _output_kind(path: str | os.PathLike) -> str:
+def output_kind(path: str | os.PathLike) -> str:
+    """mp4, gif, or frames (a folder of PNGs: a path without suffix, ending in '/', or a folder)."""
     text = os.fspath(path)
     p = Path(text)
     if text.endswith(("/", os.sep)) or p.is_dir() or not p.suffix:
@@ -454,7 +455,7 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float = 8.0, quality:
     becomes a folder of `frame_0000.png`, ... (an existing folder is replaced only if it holds
     nothing but such frames).
     """
-    kind = _output_kind(path)
+    kind = output_kind(path)
     if not (isinstance(fps, numbers.Real) and np.isfinite(fps) and fps > 0):
         raise UserError(f"Frame rate must be a positive number, got {fps!r}.")
     if quality is not None and not (isinstance(quality, (int, np.integer)) and 0 <= quality <= 51):
