@@ -59,6 +59,11 @@ class DiffusionConfig:
     beta_schedule: str = field(default="cosine", metadata={"choices": ("cosine",)})
     cosine_s: float = field(default=0.008, metadata={"min": 0.0})
     loss_type: str = field(default="l2", metadata={"choices": ("l1", "l2")})
+    # What the U-Net predicts: "eps" (the noise, as the paper and the authors' code) or "v"
+    # (sqrt(acp) eps - sqrt(1 - acp) x0, Salimans & Ho 2022). v stays well conditioned at the
+    # highest noise levels, where an eps model must be nearly exact before its x0 is usable, so a
+    # short training run samples from pure noise much sooner. Samplers see eps either way.
+    prediction: str = field(default="eps", metadata={"choices": ("eps", "v")})
     use_dynamic_thres: bool = True
     dynamic_thres_percentile: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     null_cond_prob: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})

@@ -4,7 +4,9 @@ eps = eps_null + g * (eps_cond - eps_null). g = 1 is the conditional network alo
 the authors sample); g = 0 is the unconditional network alone (one pass); any other g evaluates
 the conditional and the null batch together in one pass of twice the batch size (the reference
 makes two separate passes; per-sample results are the same up to float rounding, since nothing in
-the network mixes samples of a batch).
+the network mixes samples of a batch). For a v-prediction network, the guided v is turned into
+the noise it implies (guidance is linear, so this equals guiding the implied noise), so every
+sampler works on eps alone.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ class GuidedDenoiser:
 
     net: the U-Net; fea: (B, C, h, w) image latent (the network sees it concatenated after x_t on
     the channel axis, repeated over frames); cond: (B, D) condition embeddings; null_mask: (B,) bool, rows that use
-    the null embedding instead of `cond` (the "None" condition).
+    the null embedding instead of `cond` (the "None" condition); v_schedule: the schedule of a
+    v-prediction network (None for an eps network).
     """
 
     def __init__(self, net: ConditionalNet, fea: torch.Tensor, cond: torch.Tensor | None, scale: float = 1.0,
-                 null_mask: torch.Tensor | None = None):
+                 null_mask: torch.Tensor | None = None, v_schedule=None):
         self.net = net
+        self.v_schedule = v_schedule
         self.fea = fea
         self.cond = cond
         self.scale = float(scale)
@@ -49,6 +53,10 @@ class GuidedDenoiser:
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = self._guided(x, t)
+        return out if self.v_schedule is None else self.v_schedule.eps_from_v(x, t, out)
+
+    def _guided(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         self.calls += 1
         latent = self.latent.to(x.dtype)
@@ -67,5 +75,5 @@ class GuidedDenoiser:
 
 
 def guided_denoiser(net: ConditionalNet, fea: torch.Tensor, cond: torch.Tensor | None, scale: float = 1.0,
-                    null_mask: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return GuidedDenoiser(net, fea, cond, scale, null_mask)
+                    null_mask: torch.Tensor | None = None, v_schedule=None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return GuidedDenoiser(net, fea, cond, scale, null_mask, v_schedule)

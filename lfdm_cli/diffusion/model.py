@@ -122,7 +122,8 @@ class FlowDiffusion(nn.Module):
         embeddings cond (B,D); `null_mask` marks samples whose label is the null condition."""
         d = self.spec.diffusion
         return diffusion_loss(self.unet, self.schedule, x0, fea, cond, null_cond_prob=d.null_cond_prob,
-                              none_mask=null_mask, loss_type=d.loss_type, generator=generator)
+                              none_mask=null_mask, loss_type=d.loss_type, generator=generator,
+                              prediction=d.prediction)
 
     def loss_for_names(self, x0: torch.Tensor, fea: torch.Tensor, names: Sequence[str], *,
                        generator: torch.Generator | None = None) -> LossOutput:
@@ -133,7 +134,8 @@ class FlowDiffusion(nn.Module):
 
     def denoiser(self, fea: torch.Tensor, cond: torch.Tensor | None, guidance: float = 1.0,
                  null_mask: torch.Tensor | None = None) -> GuidedDenoiser:
-        return GuidedDenoiser(self.unet, fea, cond, guidance, null_mask)
+        v_schedule = self.schedule if self.spec.diffusion.prediction == "v" else None
+        return GuidedDenoiser(self.unet, fea, cond, guidance, null_mask, v_schedule)
 
     @torch.no_grad()
     def sample(self, fea: torch.Tensor, cond: torch.Tensor | None, *, null_mask: torch.Tensor | None = None,

@@ -1,8 +1,9 @@
-"""The stage-two training objective: epsilon prediction with condition dropout.
+"""The stage-two training objective: epsilon (or v) prediction with condition dropout.
 
 For a clean flow volume x_0: draw t ~ U{0..T-1}, noise ~ N(0, I), x_t = q_sample(x_0, t, noise);
 drop each sample's condition (use the null embedding) with probability `null_cond_prob` or where
-its label is the null condition; the loss is MSE (or L1) between the noise and the prediction.
+its label is the null condition; the loss is MSE (or L1) between the noise and the prediction
+(with `prediction="v"`, between v = sqrt(acp_t) noise - sqrt(1 - acp_t) x_0 and the prediction).
 
 Random draws happen in the reference's order (t, then noise, then the dropout uniforms), so with
 `generator=None` and the same `torch.manual_seed` this reproduces the authors' `forward` exactly.
@@ -54,15 +55,18 @@ def dropout_mask(batch: int, prob: float, *, generator: torch.Generator | None =
 def diffusion_loss(net, schedule: DiffusionSchedule, x0: torch.Tensor, fea: torch.Tensor,
                    cond: torch.Tensor | None, *, null_cond_prob: float = 0.1, none_mask: torch.Tensor | None = None,
                    loss_type: str = "l2", generator: torch.Generator | None = None,
-                   exact_input: bool = False) -> LossOutput:
+                   exact_input: bool = False, prediction: str = "eps") -> LossOutput:
     """Training loss for a batch.
 
     net: the U-Net (`net(inp, t, cond, null_mask)`); x0: (B, 3, F, h, w) clean flow volume;
     fea: (B, C, h, w) image latent; cond: (B, D) condition embeddings (gradients flow into them,
     so a learned table trains); none_mask: (B,) bool, samples whose label is the null condition.
     exact_input: feed the network the reference's concatenated input instead of the (equal up to
-    float rounding, faster) split stem.
+    float rounding, faster) split stem. prediction: "eps" (the reference) or "v"; the returned
+    `pred_noise` is the noise the prediction implies either way.
     """
+    if prediction not in ("eps", "v"):
+        raise ValueError(f"unknown prediction target {prediction!r}")
     b = x0.shape[0]
     dev = x0.device
     t = torch.randint(0, schedule.num_timesteps, (b,), generator=generator,
@@ -80,10 +84,12 @@ def diffusion_loss(net, schedule: DiffusionSchedule, x0: torch.Tensor, fea: torc
         pred = net(inp, t, cond, null_mask)
     else:
         pred = net(x_noisy, t, cond, null_mask, latent=net.project_latent(fea.to(x_noisy.dtype)))
+    target = noise if prediction == "eps" else schedule.v_target(x0, t, noise)
     if loss_type == "l2":
-        loss = F.mse_loss(noise, pred)
+        loss = F.mse_loss(target, pred)
     elif loss_type == "l1":
-        loss = F.l1_loss(noise, pred)
+        loss = F.l1_loss(target, pred)
     else:
         raise ValueError(f"unknown loss type {loss_type!r}")
-    return LossOutput(loss=loss, t=t, noise=noise, x_noisy=x_noisy, pred_noise=pred, null_mask=null_mask)
+    pred_noise = pred if prediction == "eps" else schedule.eps_from_v(x_noisy, t, pred)
+    return LossOutput(loss=loss, t=t, noise=noise, x_noisy=x_noisy, pred_noise=pred_noise, null_mask=null_mask)

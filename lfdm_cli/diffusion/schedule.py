@@ -107,6 +107,18 @@ class DiffusionSchedule(nn.Module):
         return (_per_sample(self.sqrt_recip_alphas_cumprod, t, n) * x_t
                 - _per_sample(self.sqrt_recipm1_alphas_cumprod, t, n) * eps)
 
+    def v_target(self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = sqrt(acp_t) noise - sqrt(1 - acp_t) x_0."""
+        n = x_start.ndim
+        return (_per_sample(self.sqrt_alphas_cumprod, t, n) * noise
+                - _per_sample(self.sqrt_one_minus_alphas_cumprod, t, n) * x_start)
+
+    def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """The noise implied by a v prediction: eps = sqrt(acp_t) v + sqrt(1 - acp_t) x_t."""
+        n = x_t.ndim
+        return (_per_sample(self.sqrt_alphas_cumprod, t, n) * v
+                + _per_sample(self.sqrt_one_minus_alphas_cumprod, t, n) * x_t)
+
     def q_posterior(self, x_start: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor):
         """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0)."""
         n = x_t.ndim
