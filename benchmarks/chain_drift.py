@@ -9,6 +9,11 @@ reports L1 (mean absolute difference, 0..1) and SSIM (11x11 Gaussian window, ref
 thin strips have values, averaged over the region), averaged over the images; then the mean over
 all segments and the last segment's values. Printed as a markdown table.
 
+With --fvd, also the FVD (Kinetics-400 I3D features) between the clips of the early segments
+(the first third) and those of the late ones (the last third), over all images, per strategy:
+a video whose late segments look like its early ones scores low. With few images this is a
+small-sample FVD (its absolute value is biased upwards); compare strategies with each other.
+
 A random model measures nothing useful (its motion is noise); run this on a trained model:
 
     nice python benchmarks/chain_drift.py weights/synthfaces64 weights/synthfaces64/examples/*.png \\
@@ -94,6 +99,7 @@ def main() -> None:
     ap.add_argument("--fit", default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fvd", action="store_true", help="also FVD of late segments against early ones")
     ap.add_argument("--json", type=Path, default=None, help="also write all numbers here")
     args = ap.parse_args()
 
@@ -111,6 +117,8 @@ def main() -> None:
     # results[strategy][segment] = list over images of (l1, ssim)
     results: dict[str, list[list[tuple[float, float]]]] = {}
     seconds: dict[str, float] = {}
+    third = max(1, args.segments // 3)
+    early_late: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
     for strategy in strategies:
         results[strategy] = [[] for _ in range(args.segments)]
         start = time.perf_counter()
@@ -120,6 +128,10 @@ def main() -> None:
                         settings=settings)
             for seg in res.segments:
                 results[strategy][seg.index].append(frame_drift(res.frames[seg.end - 1], x, mask))
+                if args.fvd and (seg.index < third or seg.index >= args.segments - third):
+                    clip = (res.frames[seg.start:seg.end].permute(0, 2, 3, 1).clamp(0, 1) * 255).round()
+                    side = early_late.setdefault(strategy, ([], []))[0 if seg.index < third else 1]
+                    side.append(clip.to(torch.uint8).numpy())
         seconds[strategy] = time.perf_counter() - start
 
     def mean(values):
@@ -147,10 +159,30 @@ def main() -> None:
             cells += [f"**{mean([p[0] for p in pairs]):.4f}**", f"**{mean([p[1] for p in pairs]):.4f}**"]
         print(f"| {label} | " + " | ".join(cells) + " |")
     print("\nseconds per strategy: " + ", ".join(f"{s} {seconds[s]:.1f}" for s in strategies))
+    fvds: dict[str, float] = {}
+    if args.fvd:
+        from lfdm_cli.metrics.fvd import extract_features, frechet_distance
+        from lfdm_cli.metrics.i3d import MIN_FRAMES, load_i3d
+
+        i3d = load_i3d(device=args.device)
+        for s in strategies:
+            early, late = early_late[s]
+            if min(c.shape[0] for c in early + late) < MIN_FRAMES:
+                print(f"FVD skipped: segments shorter than the I3D minimum of {MIN_FRAMES} frames")
+                break
+            # Clips of one I3D batch must have equal lengths (crossfade's differ): one at a time.
+            fe = extract_features(early, i3d, batch_size=1, progress=False)
+            fl = extract_features(late, i3d, batch_size=1, progress=False)
+            fvds[s] = frechet_distance(fe, fl)
+        if fvds:
+            print(f"\nFVD of the last {third} segments against the first {third} "
+                  f"({len(early_late[strategies[0]][0])} clips each): "
+                  + ", ".join(f"{s} {v:.1f}" for s, v in fvds.items()))
     if args.json:
         args.json.write_text(json.dumps({"model": str(args.model), "digest": pipe.digest,
                                          "images": [str(p) for p in args.images], "region": region,
                                          "settings": settings.to_dict(), "seconds": seconds,
+                                         "fvd_late_vs_early": fvds,
                                          "results": {s: [[list(p) for p in seg] for seg in v]
                                                      for s, v in results.items()}}, indent=2))
 

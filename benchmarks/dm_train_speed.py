@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import statistics
 import tempfile
 import time
@@ -37,18 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def timed(fn, warmup: int, repeats: int, sync) -> list[float]:
-    for _ in range(warmup):
-        fn()
-        sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timed  # noqa: E402
 
 
 def report(name: str, times: list[float], note: str = "") -> float:

@@ -16,27 +16,18 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import statistics
-import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import timed  # noqa: E402
+
 from lfdm_cli.metrics.fvd import preprocess_clip
 from lfdm_cli.metrics.i3d import load_i3d
-
-
-def timed(fn, warmup: int, repeats: int, sync) -> list[float]:
-    for _ in range(warmup):
-        fn()
-        sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
+from pathlib import Path
 import resource
 import statistics
 import time
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_name  # noqa: E402
 
 from lfdm_cli.config.recipe import load_recipe
 from lfdm_cli.lfae.losses import (
@@ -36,16 +40,6 @@ from lfdm_cli.lfae.losses import (
 )
 from lfdm_cli.lfae.model import LFAE
 from lfdm_cli.lfae.transforms import RandomTPS
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -16,6 +16,11 @@ from torch's global RNG in the authors' order instead (their demo calls `torch.m
 
 The model's frame 0 is generated like every other frame (as in the authors' code); it is close
 to, but not exactly, the input image.
+
+`precision` picks the arithmetic of the networks: fp32 (default), bf16 (CPU with AVX-512 BF16 /
+AMX or a CUDA GPU with bf16) or fp16 (CUDA only), as autocast regions around the three steps;
+the sampler's own arithmetic (schedule, thresholding, the update) always stays float32. On the
+CPU the U-Net runs channels-last (oneDNN's fast layout; results differ by float rounding only).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ DDIM_SPACINGS = ("trailing", "reference")
 DEFAULT_FPS = 10.0  # the authors' demo GIFs: imageio's default 0.1 s per frame
 DEFAULT_FIT = "pad"  # the authors' dataset preparation: aspect-preserving resize, black bars
 MODEL_ENV = "LFDM_MODEL"
+PRECISIONS = ("fp32", "bf16", "fp16")
 BUNDLED_MODEL = "synthfaces64"
 
 
@@ -108,6 +114,18 @@ def cpu_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
 
+def check_precision(precision: str, device: torch.device) -> str:
+    """`precision` if the device can run it, else a UserError saying what to use instead."""
+    if precision not in PRECISIONS:
+        raise unknown_name_error("precision", precision, PRECISIONS)
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError(f"--precision fp16 needs a CUDA device (this run is on {device}).",
+                        hint="Use --precision bf16 on the CPU, or fp32.")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU does not support bfloat16.", hint="Use fp16 or fp32.")
+    return precision
+
+
 def _is_oom(exc: BaseException) -> bool:
     oom = getattr(torch.cuda, "OutOfMemoryError", None)
     return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
@@ -117,8 +135,10 @@ class GenerationPipeline:
     """A model folder's LFAE and diffusion model, ready to generate on one device."""
 
     def __init__(self, lfae, dm, *, device: torch.device | str = "cpu", model_path: Path | None = None,
-                 meta: dict[str, Any] | None = None, digest: str | None = None, ema: bool = True):
+                 meta: dict[str, Any] | None = None, digest: str | None = None, ema: bool = True,
+                 precision: str = "fp32"):
         self.device = torch.device(device)
+        self.precision = check_precision(precision, self.device)
         self.lfae = lfae.to(self.device).eval()
         self.dm = dm.to(self.device).eval()
         self.model_path = model_path
@@ -134,6 +154,17 @@ class GenerationPipeline:
             raise UserError(f"The auto-encoder's latent ({self.lfae.latent_shape[1]} px) and flow "
                             f"({self.lfae.flow_size} px) sizes differ{self._where()}; the diffusion model "
                             "needs them equal.")
+        if self.device.type == "cpu":
+            self.dm.unet.use_channels_last()
+
+    def _autocast(self):
+        """The autocast region of the networks' forward passes (a no-op context for fp32)."""
+        import contextlib
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def _where(self) -> str:
         return f" in {self.model_path}" if self.model_path else ""
@@ -142,7 +173,7 @@ class GenerationPipeline:
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                    ema: bool = True) -> "GenerationPipeline":
+                    ema: bool = True, precision: str = "fp32") -> "GenerationPipeline":
         """Load a model folder (default: `default_model_path()`); `ema` picks the EMA weights of the
         diffusion model when the folder has them."""
         from lfdm_cli.diffusion.model import load_dm
@@ -162,7 +193,7 @@ class GenerationPipeline:
         lfae = load_lfae(folder, device="cpu")
         dm = load_dm(folder.path, ema=ema, device="cpu")
         return cls(lfae, dm, device=device, model_path=folder.path, meta=folder.meta, digest=folder.digest(),
-                   ema=ema)
+                   ema=ema, precision=precision)
 
     # ---- what the model offers ----------------------------------------------------------------
 
@@ -232,7 +263,8 @@ class GenerationPipeline:
 
     def encode(self, images: torch.Tensor):
         """`SourceEncoding` of (B, 3, S, S) images in [0, 1]; `.latent` is z0."""
-        return self.lfae.encode(images.to(self.device))
+        with self._autocast():
+            return self.lfae.encode(images.to(self.device))
 
     def sample_motion(self, latent: torch.Tensor, conditions: Sequence[str], *, frames: int | None = None,
                       settings: SamplingSettings | None = None, generators: Sequence[torch.Generator] | None = None,
@@ -254,11 +286,12 @@ class GenerationPipeline:
         if frames < 1:
             raise UserError(f"--frames must be at least 1, got {frames}.")
         cond, null = self.dm.embed(conditions)
-        volume = self.dm.sample(latent, cond.to(self.device), null_mask=null.to(self.device),
-                                sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
-                                spacing=settings.ddim_spacing, guidance=settings.guidance,
-                                generator=list(generators) if generators is not None else None,
-                                num_frames=frames, callback=callback)
+        with self._autocast():
+            volume = self.dm.sample(latent.float(), cond.to(self.device), null_mask=null.to(self.device),
+                                    sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
+                                    spacing=settings.ddim_spacing, guidance=settings.guidance,
+                                    generator=list(generators) if generators is not None else None,
+                                    num_frames=frames, callback=callback)
         if not torch.isfinite(volume).all():
             raise RunFailure("The diffusion model produced NaN or infinite flows.",
                              hint="The weights may be broken; try --no-ema or another model.")
@@ -273,8 +306,9 @@ class GenerationPipeline:
         chunk = chunk_size or total
         while True:
             try:
-                out = self.lfae.decode(encoding, flow, occlusion, chunk_size=chunk)
-                return out["prediction"], out["deformed"]
+                with self._autocast():
+                    out = self.lfae.decode(encoding, flow, occlusion, chunk_size=chunk)
+                return out["prediction"].float(), out["deformed"].float()
             except RuntimeError as exc:
                 if self.device.type != "cuda" or not _is_oom(exc) or chunk <= 1:
                     if _is_oom(exc):

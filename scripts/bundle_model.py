@@ -1,11 +1,12 @@
 """Package a trained run's model folder as a bundled model: examples, float16 storage, provenance.
 
 Usage:
-  python scripts/bundle_model.py RUN_MODEL_DIR OUT_DIR --examples IMG [IMG ...] [--float16]
+  python scripts/bundle_model.py RUN_MODEL_DIR OUT_DIR --examples IMG [IMG ...] [--float16] [--drop PART ...]
 
 The parts are copied tensor for tensor (optionally stored as float16; loading always computes in
 float32), `model.yaml` keeps the run's metadata and records the packaging, and the example images
-go to OUT_DIR/examples/ (what `lfdm demo` animates).
+go to OUT_DIR/examples/ (what `lfdm demo` animates). `--drop dm` leaves out the raw (non-EMA)
+diffusion weights: generation uses the EMA ones, and the folder is half the size.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     ap.add_argument("--examples", type=Path, nargs="+", required=True)
     ap.add_argument("--float16", action="store_true")
     ap.add_argument("--name", default=None)
+    ap.add_argument("--drop", nargs="*", default=[], help="parts to leave out (e.g. dm, keeping dm_ema)")
     args = ap.parse_args()
 
     src = load_model_folder(args.model)
@@ -32,7 +34,12 @@ def main() -> None:
     prov = dict(meta.get("provenance") or {})
     prov["bundled_from"] = str(args.model)
     meta["provenance"] = prov
-    parts = {part: src.load_tensors(part, dtype=None) for part in src.parts}
+    unknown = sorted(set(args.drop) - set(src.parts))
+    if unknown:
+        raise SystemExit(f"--drop: {args.model} has no part(s) {', '.join(unknown)}; parts: {', '.join(src.parts)}")
+    parts = {part: src.load_tensors(part, dtype=None) for part in src.parts if part not in args.drop}
+    if args.drop:
+        prov["dropped_parts"] = sorted(args.drop)
     save_model_folder(args.out, meta, parts, overwrite=True, float16=args.float16)
     examples = args.out / "examples"
     examples.mkdir()

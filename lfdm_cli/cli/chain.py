@@ -10,7 +10,7 @@ import typer
 
 from lfdm_cli import __version__
 from lfdm_cli.chain_defaults import DEFAULT_COND_NOISE, DEFAULT_OVERLAP, DEFAULT_STRATEGY, STRATEGIES
-from lfdm_cli.cli.common import DeviceOption, err, out, print_json_line
+from lfdm_cli.cli.common import DeviceOption, GenPrecisionOption, err, out, print_json_line
 from lfdm_cli.cli.generate import (
     EmaOption,
     EtaOption,
@@ -79,6 +79,7 @@ def chain_cmd(
                                                help="Decode at most this many frames at once (default: all)."),
     ema: bool = EmaOption,
     device: str = DeviceOption,
+    precision: str = GenPrecisionOption,
     quiet: bool = QuietOption,
     json_out: bool = typer.Option(False, "--json", help="Print the sidecar as one JSON line."),
 ) -> None:
@@ -110,7 +111,7 @@ def chain_cmd(
     if target.exists() and not overwrite:
         raise UserError(f"{target} already exists.", hint="Pass --overwrite to replace it, or choose another -o.")
     array = load_image(image)
-    pipeline = load_pipeline(model, device, ema)
+    pipeline = load_pipeline(model, device, ema, precision)
     load_s = time.perf_counter() - start
     pipeline.check_conditions(names)
     settings = resolve_settings(pipeline, sampling_overrides(sampler, steps, eta, guidance, ddim_spacing))
@@ -147,6 +148,7 @@ def chain_cmd(
         "timings": {**{k: round(v, 4) for k, v in result.timings.items()}, "load_model_s": round(load_s, 4),
                     "write_s": round(time.perf_counter() - t0, 4)},
         **device_info(pipeline.device),
+        "precision": pipeline.precision,
         "lfdm_version": __version__,
         "created": now_iso(),
     }

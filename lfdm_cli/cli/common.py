@@ -14,6 +14,10 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 DeviceOption = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+GenPrecisionOption = typer.Option(
+    "fp32", "--precision",
+    help="Network arithmetic: fp32; bf16 (CPUs with AVX-512 BF16/AMX, and GPUs: faster, outputs differ "
+         "from fp32 by rounding); fp16 (CUDA only).")
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON to stdout.")
 
 

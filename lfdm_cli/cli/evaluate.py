@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from lfdm_cli.cli.common import DeviceOption, JsonOption, err, out, print_json
+from lfdm_cli.cli.common import DeviceOption, GenPrecisionOption, JsonOption, err, out, print_json
 from lfdm_cli.errors import UserError
 
 evaluate_app = typer.Typer(
@@ -261,6 +261,7 @@ def generation_cmd(
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Use the diffusion model's EMA weights when present."),
     i3d_weights: Optional[Path] = I3DWeightsOption,
     device: str = DeviceOption,
+    precision: str = GenPrecisionOption,
     batch_size: int = typer.Option(8, "--batch-size", min=1,
                                    help="Videos per generation batch, and clips per I3D forward pass."),
     output: Optional[Path] = OutputOption,
@@ -281,7 +282,8 @@ def generation_cmd(
 
     config = GenerationEvalConfig(split=split, videos=videos, sampler=sampler, steps=steps, eta=eta,
                                   guidance=guidance, ddim_spacing=ddim_spacing, frames=frames, seed=seed,
-                                  condition_mode=condition_mode, batch_size=batch_size, ema=ema)
+                                  condition_mode=condition_mode, batch_size=batch_size, ema=ema,
+                                  precision=precision)
     result = evaluate_generation(model, data, config, work_dir=work_dir, i3d_weights=i3d_weights,
                                  device=resolve_device(device), progress=True,
                                  log=lambda m: err.print(m, markup=False, highlight=False))

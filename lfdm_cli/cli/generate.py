@@ -23,7 +23,7 @@ import numpy as np
 import typer
 
 from lfdm_cli import __version__
-from lfdm_cli.cli.common import DeviceOption, err, out, print_json_line
+from lfdm_cli.cli.common import DeviceOption, GenPrecisionOption, err, out, print_json_line
 from lfdm_cli.errors import LfdmError, RunFailure, UserError, unknown_name_error
 from lfdm_cli.hashing import file_sha256
 
@@ -83,12 +83,13 @@ def check_fps(fps: float | None) -> None:
         raise UserError(f"--fps must be a positive number, got {fps}.")
 
 
-def load_pipeline(model: Path | None, device: str, ema: bool):
+def load_pipeline(model: Path | None, device: str, ema: bool, precision: str = "fp32"):
     from lfdm_cli.device import resolve_device
-    from lfdm_cli.pipeline import GenerationPipeline
+    from lfdm_cli.pipeline import GenerationPipeline, check_precision
 
     dev = resolve_device(device)
-    return GenerationPipeline.from_folder(model, device=dev, ema=ema)
+    check_precision(precision, dev)  # before loading any weights
+    return GenerationPipeline.from_folder(model, device=dev, ema=ema, precision=precision)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +241,8 @@ class RunOptions:
 
     def common_key(self, pipeline) -> dict[str, Any]:
         return {"fit": self.fit, "fps": self.fps, "keep_input_frame": self.keep_input_frame,
-                "save_flow": self.save_flow, "model_digest": pipeline.digest, "ema": pipeline.ema}
+                "save_flow": self.save_flow, "model_digest": pipeline.digest, "ema": pipeline.ema,
+                "precision": pipeline.precision}
 
 
 def _fail(job: Job, exc: BaseException | str, code: int = 2) -> None:
@@ -294,6 +296,7 @@ def write_job_outputs(job: Job, index: int, result, image, pipeline, opts: RunOp
                     "load_model_s": round(batch.get("load_model_s", 0.0), 4),
                     "write_s": round(time.perf_counter() - t0, 4)},
         **device_info(pipeline.device),
+        "precision": pipeline.precision,
         "lfdm_version": __version__,
         "created": now_iso(),
         "job": job.key(opts.common_key(pipeline)),
@@ -646,6 +649,7 @@ def generate(
                                                help="Decode at most this many frames at once (default: all)."),
     ema: bool = EmaOption,
     device: str = DeviceOption,
+    precision: str = GenPrecisionOption,
     quiet: bool = QuietOption,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per video (per row with --manifest)."),
 ) -> None:
@@ -689,7 +693,7 @@ def generate(
         if output is not None:
             output_kind(output)  # fail on a bad suffix before loading anything
 
-    pipeline = load_pipeline(model, device, ema)
+    pipeline = load_pipeline(model, device, ema, precision)
     load_s = time.perf_counter() - start
     opts = RunOptions(fit=fit or pipeline.fit, fps=float(fps or pipeline.fps), keep_input_frame=keep_input_frame,
                       save_flow=save_flow, overwrite=overwrite, chunk_size=decode_chunk, batch_size=batch_size,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from lfdm_cli.cli.common import DeviceOption, JsonOption, err, out, print_json
+
+if TYPE_CHECKING:  # imported lazily at run time: the CLI starts without torch
+    from lfdm_cli.training.loop import TrainingInterrupted, TrainResult
 
 train_app = typer.Typer(
     help="Train a model: `lfae` (stage one, the latent flow auto-encoder) and `dm` (stage two, the "

@@ -53,7 +53,8 @@ class GuidedDenoiser:
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = self._guided(x, t)
+        # Under autocast the network answers in half precision; the sampler works in x's dtype.
+        out = self._guided(x, t).to(x.dtype)
         return out if self.v_schedule is None else self.v_schedule.eps_from_v(x, t, out)
 
     def _guided(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

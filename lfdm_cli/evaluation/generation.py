@@ -91,6 +91,7 @@ class GenerationEvalConfig:
     condition_mode: str = "class"
     batch_size: int = 8
     ema: bool = True
+    precision: str = "fp32"
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,7 +159,8 @@ def run_key(pipeline, dataset_digest: str, config: GenerationEvalConfig, samplin
     device or the batch size: none of them changes a video)."""
     return {"model_digest": pipeline.digest, "ema": pipeline.ema, "dataset_digest": dataset_digest,
             "split": config.split, "condition_mode": config.condition_mode, "seed": config.seed,
-            "frames": frames, "fit": fit, "resolution": pipeline.resolution, **sampling.to_dict()}
+            "frames": frames, "fit": fit, "resolution": pipeline.resolution, **sampling.to_dict(),
+            **({"precision": pipeline.precision} if pipeline.precision != "fp32" else {})}
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -255,6 +257,7 @@ def generate_jobs(pipeline, ds, jobs: list[VideoJob], *, sampling, frames: int, 
                     **sampling.to_dict(),
                     "resolution": pipeline.resolution,
                     "fit": pipeline.fit,
+                    "precision": pipeline.precision,
                     "model": {"path": str(Path(pipeline.model_path).resolve()) if pipeline.model_path else None,
                               "digest": pipeline.digest, "ema": pipeline.ema},
                     "timings": {"batch_size": n, "batch": {k: round(v, 5) for k, v in result.timings.items()},
@@ -425,7 +428,7 @@ def evaluate_generation(model: str | Path | None, data: str | Path, config: Gene
     device = torch.device(device)
     ds = open_split(data, config.split)
     records = select_videos(ds, config.videos)
-    pipeline = GenerationPipeline.from_folder(model, device=device, ema=config.ema)
+    pipeline = GenerationPipeline.from_folder(model, device=device, ema=config.ema, precision=config.precision)
     frames = int(config.frames or pipeline.default_frames)
     if frames < i3d.MIN_FRAMES:
         raise UserError(f"FVD needs clips of at least {i3d.MIN_FRAMES} frames (the I3D network's minimum); this "
@@ -482,7 +485,7 @@ def evaluate_generation(model: str | Path | None, data: str | Path, config: Gene
                   "name": model_name(pipeline.model_path), "digest": pipeline.digest, "ema": pipeline.ema,
                   "resolution": pipeline.resolution, "fit": pipeline.fit, "conditions": pipeline.conditions},
         "data": data_info,
-        "generation": {**sampling.to_dict(), "frames": frames, "seed": config.seed,
+        "generation": {**sampling.to_dict(), "frames": frames, "seed": config.seed, "precision": pipeline.precision,
                        "seeds": "video i of the selection uses seed + i", "conditions": condition_info,
                        "batch_size": config.batch_size},
         "real_clips": REAL_CLIPS,

@@ -1,0 +1,38 @@
+"""The benchmark scripts run and print what they promise (speed numbers themselves are not tested)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from model_factory import build_tiny_model_folder, write_test_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_bench_prints_machine_method_and_table(tmp_path):
+    out = tmp_path / "results" / "cpu.md"
+    proc = run(ROOT / "benchmarks" / "bench.py", "--only", "data", "--repeats", "1", "--warmup", "0",
+               "--output", out)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "- Machine:" in text and "torch threads" in text and "median of 1 timed runs" in text
+    rows = [line for line in text.splitlines() if line.startswith("| preprocess") or line.startswith("| SynthFaces")]
+    assert len(rows) == 2 and all("frames/s" in r for r in rows)
+    assert out.read_text() == text
+
+
+def test_chain_drift_runs_every_strategy(tmp_path):
+    model = build_tiny_model_folder(tmp_path / "tiny")
+    image = write_test_image(tmp_path / "face.png")
+    proc = run(ROOT / "benchmarks" / "chain_drift.py", model, image, "--segments", "3", "--steps", "2",
+               "--threads", "1", "--json", tmp_path / "drift.json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "drift.json").read_text())
+    assert set(data["results"]) == {"reanchor", "naive", "crossfade", "noised"}
+    assert all(len(v) == 3 for v in data["results"].values())
+    assert "| mean |" in proc.stdout and "| last |" in proc.stdout
