@@ -273,8 +273,6 @@ class GenerationPipeline:
 
         generators: one per sample (see `cpu_generators`), or None for torch's global RNG.
         """
-        from lfdm_cli.diffusion.model import flow_from_volume
-
         settings = (settings or self.default_settings()).resolved(self.timesteps)
         conditions = list(conditions)
         if len(conditions) != latent.shape[0]:
@@ -295,7 +293,7 @@ class GenerationPipeline:
         if not torch.isfinite(volume).all():
             raise RunFailure("The diffusion model produced NaN or infinite flows.",
                              hint="The weights may be broken; try --no-ema or another model.")
-        flow, occlusion = flow_from_volume(volume)
+        flow, occlusion = self.dm.from_volume(volume)
         return flow.contiguous(), occlusion.contiguous()
 
     def decode(self, encoding, flow: torch.Tensor, occlusion: torch.Tensor, *,

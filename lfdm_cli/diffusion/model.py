@@ -48,6 +48,12 @@ def flow_from_volume(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return flow, occ
 
 
+def _identity_grid(flow: torch.Tensor) -> torch.Tensor:
+    from lfdm_cli.lfae.layers import coordinate_grid
+
+    return coordinate_grid(flow.shape[-3], flow.shape[-2], dtype=flow.dtype, device=flow.device)
+
+
 # --------------------------------------------------------------------------------------------
 # Model description (what model.yaml stores under `dm`)
 
@@ -113,6 +119,24 @@ class FlowDiffusion(nn.Module):
     def dynamic_percentile(self) -> float | None:
         d = self.spec.diffusion
         return d.dynamic_thres_percentile if d.use_dynamic_thres else None
+
+    # ---- flows <-> the volume the network denoises ----
+
+    def to_volume(self, flow: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
+        """Flow grids (B, F, h, w, 2) and occlusions (B, F, 1, h, w) -> the (B, 3, F, h, w) volume
+        this model denoises (`diffusion.flow_target`)."""
+        d = self.spec.diffusion
+        if d.flow_target == "displacement":
+            flow = (flow - _identity_grid(flow)) * d.displacement_scale
+        return volume_from_flow(flow, occlusion)
+
+    def from_volume(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inverse of `to_volume`: flow grids and occlusions of a sampled volume."""
+        flow, occ = flow_from_volume(x)
+        d = self.spec.diffusion
+        if d.flow_target == "displacement":
+            flow = flow / d.displacement_scale + _identity_grid(flow)
+        return flow, occ
 
     # ---- training ----
 

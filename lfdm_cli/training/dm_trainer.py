@@ -46,8 +46,6 @@ from lfdm_cli.diffusion.model import (
     FlowDiffusion,
     dm_meta,
     dm_state_dict,
-    flow_from_volume,
-    volume_from_flow,
 )
 from lfdm_cli.errors import UserError
 from lfdm_cli.lfae.model import LFAE, load_lfae
@@ -215,7 +213,7 @@ class DMTask(TrainingTask):
 
     def training_step(self, module, batch, ctx: StepContext) -> StepOutput:
         latent, flow, occlusion = self.targets(batch)
-        out = module(volume_from_flow(flow, occlusion), latent, batch["label"])
+        out = module(self.model.to_volume(flow, occlusion), latent, batch["label"])
         keep = {"flow": flow[:1].detach(), "occlusion": occlusion[:1].detach(),
                 "null": out["null_mask"][:1].detach()}
         return StepOutput(losses={"diffusion": out["loss"]}, outputs=keep)
@@ -241,7 +239,7 @@ class DMTask(TrainingTask):
         volume = dm.sample(encoding.latent, cond, null_mask=null, sampler="ddim",
                            steps=min(PREVIEW_SAMPLER_STEPS, dm.schedule.num_timesteps), generator=generator,
                            num_frames=k)
-        flow, occlusion = flow_from_volume(volume)
+        flow, occlusion = dm.from_volume(volume)
         real_flow, real_occ = output.outputs["flow"], output.outputs["occlusion"]
         real = self.lfae.decode(encoding, real_flow, real_occ)
         fake = self.lfae.decode(encoding, flow, occlusion)

@@ -96,3 +96,25 @@ def test_flow_diffusion_v_option_trains_and_samples():
     assert model.denoiser(fea, cond, 1.0, null).v_schedule is model.schedule
     sample = model.sample(fea, cond, null_mask=null, steps=3, generator=torch.Generator().manual_seed(0))
     assert sample.shape == (2, 3, 3, 8, 8) and torch.isfinite(sample).all()
+
+
+def test_displacement_flow_target_roundtrips_and_centres_the_volume():
+    unet = UNet3DConfig(dim=8, dim_mults=[1, 2], attn_heads=2, attn_dim_head=8, spatial_attn_dim_head=8, cond_dim=6)
+    grid_spec = DMSpec(unet=unet, fea_channels=4, num_frames=3, latent_size=8, conditions=["a"])
+    disp_spec = DMSpec(unet=unet, diffusion=DiffusionConfig(flow_target="displacement", displacement_scale=8.0),
+                       fea_channels=4, num_frames=3, latent_size=8, conditions=["a"])
+    from lfdm_cli.lfae.layers import coordinate_grid
+
+    g = torch.Generator().manual_seed(0)
+    identity = coordinate_grid(8, 8)
+    flow = identity + 0.03 * torch.randn(2, 3, 8, 8, 2, generator=g)
+    occ = torch.rand(2, 3, 1, 8, 8, generator=g)
+    grid_model, disp_model = FlowDiffusion(grid_spec), FlowDiffusion(disp_spec)
+    v_grid, v_disp = grid_model.to_volume(flow, occ), disp_model.to_volume(flow, occ)
+    # The paper's volume is the absolute grid; the displacement volume is the scaled motion alone.
+    assert torch.allclose(v_grid[:, :2].permute(0, 2, 3, 4, 1), flow)
+    assert torch.allclose(v_disp[:, :2].permute(0, 2, 3, 4, 1), (flow - identity) * 8.0, atol=1e-6)
+    assert torch.equal(v_grid[:, 2], v_disp[:, 2])
+    for model, vol in ((grid_model, v_grid), (disp_model, v_disp)):
+        f, o = model.from_volume(vol)
+        assert torch.allclose(f, flow, atol=1e-6) and torch.allclose(o, occ, atol=1e-6)
