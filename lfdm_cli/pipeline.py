@@ -21,6 +21,8 @@ to, but not exactly, the input image.
 AMX or a CUDA GPU with bf16) or fp16 (CUDA only), as autocast regions around the three steps;
 the sampler's own arithmetic (schedule, thresholding, the update) always stays float32. On the
 CPU the U-Net runs channels-last (oneDNN's fast layout; results differ by float rounding only).
+`compile=True` wraps the U-Net in `torch.compile`: the first call of every new input shape
+compiles it (about a minute on a CPU, needs a C++ compiler), later calls are faster.
 """
 
 from __future__ import annotations
@@ -136,8 +138,9 @@ class GenerationPipeline:
 
     def __init__(self, lfae, dm, *, device: torch.device | str = "cpu", model_path: Path | None = None,
                  meta: dict[str, Any] | None = None, digest: str | None = None, ema: bool = True,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", compile: bool = False):
         self.device = torch.device(device)
+        self.compiled = bool(compile)
         self.precision = check_precision(precision, self.device)
         self.lfae = lfae.to(self.device).eval()
         self.dm = dm.to(self.device).eval()
@@ -156,6 +159,9 @@ class GenerationPipeline:
                             "needs them equal.")
         if self.device.type == "cpu":
             self.dm.unet.use_channels_last()
+        if self.compiled:
+            # Only the U-Net: it runs `steps` times per video; the stage-one networks run once.
+            self.dm.unet = torch.compile(self.dm.unet)
 
     def _autocast(self):
         """The autocast region of the networks' forward passes (a no-op context for fp32)."""
@@ -173,7 +179,7 @@ class GenerationPipeline:
 
     @classmethod
     def from_folder(cls, path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
-                    ema: bool = True, precision: str = "fp32") -> "GenerationPipeline":
+                    ema: bool = True, precision: str = "fp32", compile: bool = False) -> "GenerationPipeline":
         """Load a model folder (default: `default_model_path()`); `ema` picks the EMA weights of the
         diffusion model when the folder has them."""
         from lfdm_cli.diffusion.model import load_dm
@@ -193,7 +199,7 @@ class GenerationPipeline:
         lfae = load_lfae(folder, device="cpu")
         dm = load_dm(folder.path, ema=ema, device="cpu")
         return cls(lfae, dm, device=device, model_path=folder.path, meta=folder.meta, digest=folder.digest(),
-                   ema=ema, precision=precision)
+                   ema=ema, precision=precision, compile=compile)
 
     # ---- what the model offers ----------------------------------------------------------------
 

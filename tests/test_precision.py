@@ -60,3 +60,30 @@ def test_generate_precision_errors_and_sidecar(model, tmp_path, capsys):
         assert run_main("generate", image, "-c", "happiness", "--model", model, "--device", "cpu", "--quiet",
                         "--steps", "2", "--precision", "bf16", "-o", tmp_path / "b.mp4") == 0
         assert json.loads((tmp_path / "b.json").read_text())["precision"] == "bf16"
+
+
+def test_compile_flag_compiles_the_unet_only(model, tmp_path, monkeypatch):
+    from lfdm_cli.diffusion.unet3d import UNet3D
+
+    compiled = []
+
+    def fake_compile(module, *args, **kwargs):
+        compiled.append(type(module))
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    image = write_test_image(tmp_path / "face.png")
+    assert run_main("generate", image, "-c", "happiness", "--model", model, "--device", "cpu", "--quiet",
+                    "--steps", "2", "--compile", "-o", tmp_path / "c.mp4") == 0
+    assert compiled == [UNet3D]
+    assert json.loads((tmp_path / "c.json").read_text())["compiled"] is True
+
+
+@pytest.mark.slow
+def test_compiled_unet_generates_what_eager_does(model):
+    eager = GenerationPipeline.from_folder(model)
+    fast = GenerationPipeline.from_folder(model, compile=True)
+    images = torch.rand(1, 3, eager.resolution, eager.resolution, generator=torch.Generator().manual_seed(0))
+    a = eager.generate(images, [eager.conditions[0]], seeds=[0], steps=3)
+    b = fast.generate(images, [eager.conditions[0]], seeds=[0], steps=3)
+    assert (a.videos - b.videos).abs().max().item() < 1e-4

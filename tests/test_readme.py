@@ -46,7 +46,7 @@ def test_quickstart_first_command_runs_as_written(tmp_path):
     import sys
 
     blocks = readme_blocks()
-    quick = next(b for b in blocks if "lfdm synth faces" in b and "pip install" in b).strip()
+    quick = next(b for b in blocks if "lfdm demo" in b and "pip install" in b).strip()
     steps = [s.strip() for s in quick.split("&&")]
     lfdm_steps = [s for s in steps if s.startswith("lfdm ")]
     assert lfdm_steps and all(s.startswith(("python -m pip", "lfdm ")) for s in steps)
@@ -57,5 +57,7 @@ def test_quickstart_first_command_runs_as_written(tmp_path):
         assert res.returncode == 0, (step, res.stderr)
     from lfdm_cli.io import read_video
 
-    preview = read_video(tmp_path / "synthfaces.gif")
-    assert preview.shape[0] > 1 and preview.std() > 10
+    # The demo animates a bundled face with every condition of the bundled model.
+    grid = read_video(tmp_path / "lfdm-demo" / "all_conditions.gif")
+    assert grid.shape[0] > 1 and grid.std() > 10
+    assert len(list((tmp_path / "lfdm-demo").glob("*.mp4"))) == 7

@@ -83,13 +83,13 @@ def check_fps(fps: float | None) -> None:
         raise UserError(f"--fps must be a positive number, got {fps}.")
 
 
-def load_pipeline(model: Path | None, device: str, ema: bool, precision: str = "fp32"):
+def load_pipeline(model: Path | None, device: str, ema: bool, precision: str = "fp32", compile: bool = False):
     from lfdm_cli.device import resolve_device
     from lfdm_cli.pipeline import GenerationPipeline, check_precision
 
     dev = resolve_device(device)
     check_precision(precision, dev)  # before loading any weights
-    return GenerationPipeline.from_folder(model, device=dev, ema=ema, precision=precision)
+    return GenerationPipeline.from_folder(model, device=dev, ema=ema, precision=precision, compile=compile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,6 +297,7 @@ def write_job_outputs(job: Job, index: int, result, image, pipeline, opts: RunOp
                     "write_s": round(time.perf_counter() - t0, 4)},
         **device_info(pipeline.device),
         "precision": pipeline.precision,
+        "compiled": pipeline.compiled,
         "lfdm_version": __version__,
         "created": now_iso(),
         "job": job.key(opts.common_key(pipeline)),
@@ -650,6 +651,10 @@ def generate(
     ema: bool = EmaOption,
     device: str = DeviceOption,
     precision: str = GenPrecisionOption,
+    compile_unet: bool = typer.Option(False, "--compile",
+                                      help="torch.compile the U-Net: the first batch of each shape pays a "
+                                           "one-off compile (about a minute on a CPU); worth it for long "
+                                           "--manifest jobs and DDPM."),
     quiet: bool = QuietOption,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per video (per row with --manifest)."),
 ) -> None:
@@ -693,7 +698,7 @@ def generate(
         if output is not None:
             output_kind(output)  # fail on a bad suffix before loading anything
 
-    pipeline = load_pipeline(model, device, ema, precision)
+    pipeline = load_pipeline(model, device, ema, precision, compile_unet)
     load_s = time.perf_counter() - start
     opts = RunOptions(fit=fit or pipeline.fit, fps=float(fps or pipeline.fps), keep_input_frame=keep_input_frame,
                       save_flow=save_flow, overwrite=overwrite, chunk_size=decode_chunk, batch_size=batch_size,
