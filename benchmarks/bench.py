@@ -63,7 +63,7 @@ REFERENCE_CPU = {
 # Workers: each runs in its own process and prints one JSON object
 
 
-def paper_pipeline(device: torch.device, precision: str):
+def paper_pipeline(device: torch.device, precision: str, compile: bool = False):
     from lfdm_cli.config.recipe import load_recipe
     from lfdm_cli.diffusion.model import DMSpec, FlowDiffusion
     from lfdm_cli.lfae.model import LFAE
@@ -75,15 +75,16 @@ def paper_pipeline(device: torch.device, precision: str):
     c, side, _ = lfae.latent_shape
     spec = DMSpec(fea_channels=c, num_frames=40, latent_size=side, encoder="bert", conditions=["happiness"])
     dm = FlowDiffusion(spec, condition_rows=torch.randn(1, 768))
-    return GenerationPipeline(lfae, dm, device=device, precision=precision)
+    return GenerationPipeline(lfae, dm, device=device, precision=precision, compile=compile)
 
 
-def bundled_pipeline(device: torch.device, precision: str, model: str | None):
+def bundled_pipeline(device: torch.device, precision: str, model: str | None, compile: bool = False):
     from lfdm_cli.pipeline import GenerationPipeline, default_model_path
 
     path = Path(model) if model else default_model_path()
     if path.exists():
-        return GenerationPipeline.from_folder(path, device=device, precision=precision), "trained weights"
+        return (GenerationPipeline.from_folder(path, device=device, precision=precision, compile=compile),
+                "trained weights")
     from lfdm_cli.config.recipe import load_recipe
     from lfdm_cli.diffusion.model import DMSpec, FlowDiffusion
     from lfdm_cli.lfae.model import LFAE
@@ -95,15 +96,17 @@ def bundled_pipeline(device: torch.device, precision: str, model: str | None):
     spec = DMSpec(unet=recipe.dm.unet, diffusion=recipe.dm.diffusion, fea_channels=c,
                   num_frames=recipe.dm.train.num_frames, latent_size=side, encoder="learned",
                   conditions=["happiness"])
-    return GenerationPipeline(lfae, FlowDiffusion(spec), device=device, precision=precision), "random weights"
+    return (GenerationPipeline(lfae, FlowDiffusion(spec), device=device, precision=precision, compile=compile),
+            "random weights")
 
 
 def work_generate(p: dict) -> dict:
     device = torch.device(p["device"])
+    compile = bool(p.get("compile"))
     if p["config"] == "paper":
-        pipe, weights = paper_pipeline(device, p["precision"]), "random weights"
+        pipe, weights = paper_pipeline(device, p["precision"], compile), "random weights"
     else:
-        pipe, weights = bundled_pipeline(device, p["precision"], p.get("model"))
+        pipe, weights = bundled_pipeline(device, p["precision"], p.get("model"), compile)
     b = p["batch"]
     images = torch.rand(b, 3, pipe.resolution, pipe.resolution, generator=torch.Generator().manual_seed(0))
     cond = [pipe.conditions[0]] * b
@@ -111,13 +114,15 @@ def work_generate(p: dict) -> dict:
     for name in p["samplers"]:
         sampler, steps = SAMPLERS[name]
         parts = {"sample_s": [], "decode_s": [], "encode_s": [], "total_s": []}
+        first = None
         for i in range(p["warmup"] + p["repeats"]):
             r = pipe.generate(images, cond, sampler=sampler, steps=steps, seeds=list(range(i, i + b)))
+            first = r.timings["total_s"] if first is None else first
             if i >= p["warmup"]:
                 for k in parts:
                     parts[k].append(r.timings[k])
         rows.append({"sampler": name, "frames": pipe.default_frames, "resolution": pipe.resolution,
-                     "weights": weights, **{k: median(v) / b for k, v in parts.items()}})
+                     "weights": weights, "first_call_s": first, **{k: median(v) / b for k, v in parts.items()}})
     return {"rows": rows, "peak_mib": peak_memory_mib(device)}
 
 
@@ -284,6 +289,8 @@ def main() -> None:
                     help="generation precisions (default: fp32,bf16 where bf16 runs; fp16 too on CUDA)")
     ap.add_argument("--samplers", default=None,
                     help="ddim10, dpmpp10, ddpm1000 (default: all on CUDA, ddim10,dpmpp10 on CPU)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also measure generation with the U-Net under torch.compile (and its warm-up)")
     ap.add_argument("--model", default=None, help="the bundled configuration's model folder (default: weights/synthfaces64)")
     ap.add_argument("--output", "-o", type=Path, default=None, help="also write the markdown here")
     args = ap.parse_args()
@@ -310,13 +317,18 @@ def main() -> None:
 
     if "generate" in only:
         for config in args.configs.split(","):
-            for precision in precisions:
+            for precision, compiled in [(p, False) for p in precisions] + (
+                    [(precisions[0], True)] if args.compile else []):
                 for batch in batches:
                     res = run_worker("generate", {**common, "config": config, "precision": precision,
-                                                  "batch": batch, "samplers": samplers, "model": args.model})
+                                                  "batch": batch, "samplers": samplers, "model": args.model,
+                                                  "compile": compiled})
                     for r in res["rows"]:
                         what = (f"generate, {config} ({r['resolution']}px, {r['frames']} frames, {r['weights']}), "
-                                f"{r['sampler']}, {precision}, batch {batch}")
+                                f"{r['sampler']}, {precision}{' compiled' if compiled else ''}, batch {batch}")
+                        if compiled:
+                            rows.append((what + ": first call (includes compiling)", fmt_s(r["first_call_s"]),
+                                         "one-off per input shape", ""))
                         ref = ("paper", r["sampler"]) if not cuda and config == "paper" and batch == 1 else None
                         rows.append((what + ": denoise", fmt_s(r["sample_s"]) + " per video",
                                      ref_note(ref + ("denoise",)) if ref else "", ""))
