@@ -45,7 +45,7 @@ def save_model_folder(path: str | Path, meta: dict[str, Any], parts: dict[str, d
         raise UserError(f"Model folder {path} already exists.", hint="Pass --overwrite to replace it.")
     meta = dict(meta)
     meta.setdefault("format", FORMAT)
-    meta.setdefault("parts", sorted(parts))
+    meta["parts"] = sorted(parts)  # what the folder holds, whatever the source meta said
     prov = dict(meta.get("provenance") or {})
     prov.setdefault("package_version", __version__)
     prov.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
