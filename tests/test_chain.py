@@ -136,10 +136,10 @@ def test_chain_cli_writes_video_and_segment_sidecar(folder, tmp_path, capsys):
     code = run_main("chain", img, "--conditions", "happiness,surprise,sadness", "--model", folder, "-o", out,
                     "--steps", "2", "--device", "cpu", "--quiet", "--seed", "3")
     assert code == 0 and capsys.readouterr().out.strip() == str(out)
-    n = expected_length(3, FRAMES, "reanchor")
+    n = expected_length(3, FRAMES, "naive")
     assert probe_video(out)["frames"] == n
     meta = json.loads((tmp_path / "long.json").read_text())
-    assert meta["strategy"] == "reanchor" and meta["frames"] == n
+    assert meta["strategy"] == "naive" and meta["frames"] == n
     assert [(s["condition"], s["seed"], s["frames"]) for s in meta["segments"]] == [
         ("happiness", 3, [0, FRAMES]), ("surprise", 4, [FRAMES, 2 * FRAMES - 1]),
         ("sadness", 5, [2 * FRAMES - 1, n])]

@@ -30,7 +30,7 @@ def test_model_folder_properties(pipe, folder):
     assert pipe.resolution == SIZE and pipe.default_frames == FRAMES and pipe.timesteps == TIMESTEPS
     assert pipe.fps == 8.0 and pipe.fit == "pad"
     assert pipe.model_path == folder and len(pipe.digest) == 16
-    assert pipe.default_settings() == SamplingSettings("ddim", 10, 0.0, 1.0, "trailing")
+    assert pipe.default_settings() == SamplingSettings("ddim", 10, 0.0, 1.0, "reference")
 
 
 def test_generate_shapes_ranges_and_timings(pipe):

@@ -245,7 +245,7 @@ def generation_cmd(
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Sampler steps for ddim/dpmpp (ddpm uses all T)."),
     eta: Optional[float] = typer.Option(None, "--eta", min=0.0, help="DDIM noise (0 deterministic)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", "-g", help="Classifier-free guidance scale (1 = none)."),
-    ddim_spacing: Optional[str] = typer.Option(None, "--ddim-spacing", help="DDIM timesteps: trailing or reference."),
+    ddim_spacing: Optional[str] = typer.Option(None, "--ddim-spacing", help="DDIM timesteps: reference (default) or trailing."),
     frames: Optional[int] = typer.Option(None, "--frames", "-k", min=1,
                                          help="Frames per generated video and real clip (default: the model's clip "
                                               "length; I3D needs 9 or more)."),

@@ -48,8 +48,8 @@ GuidanceOption = typer.Option(None, "--guidance", "-g",
                               help="Classifier-free guidance scale (1 = conditional model alone, one pass per step; "
                                    "the authors sample with 1).")
 SpacingOption = typer.Option(None, "--ddim-spacing",
-                             help="DDIM timesteps: trailing (textbook) or reference (the authors' spacing and "
-                                  "coefficients; with --eta 1 it computes what their code computes).")
+                             help="DDIM timesteps: reference (default: the authors' spacing and coefficients; "
+                                  "with --eta 1 it computes what their code computes) or trailing (textbook).")
 FpsOption = typer.Option(None, "--fps", help="Frames per second of the written video (default: the model's).")
 FitOption = typer.Option(None, "--fit", help="How the image becomes the model's square frame: pad (keep aspect, black "
                                              "bars: how the training data was prepared), crop or stretch. Default: the "
@@ -647,7 +647,7 @@ def generate(
     fmt: str = typer.Option("mp4", "--format", help="Output format of manifest rows without a suffix in 'output': "
                                                     "mp4, gif or png (a folder of frames)."),
     decode_chunk: Optional[int] = typer.Option(None, "--decode-chunk", min=1,
-                                               help="Decode at most this many frames at once (default: all)."),
+                                               help="Decode at most this many frames at once (default: all on a GPU, 8 on the CPU)."),
     ema: bool = EmaOption,
     device: str = DeviceOption,
     precision: str = GenPrecisionOption,
