@@ -133,8 +133,16 @@ def test_encodes_once_and_decodes_all_frames_in_one_pass(pipe, monkeypatch):
     monkeypatch.setattr(pipe.lfae.generator, "encode", encode)
     monkeypatch.setattr(pipe.lfae.generator, "decode", decode)
     x = images(2, seed=4)
-    whole = pipe.generate(x, ["happiness", "sadness"], seeds=[0, 1], steps=2)
+    whole = pipe.generate(x, ["happiness", "sadness"], seeds=[0, 1], steps=2, chunk_size=2 * FRAMES)
     assert calls == {"encode": 1, "decode": [2 * FRAMES]}
+    calls["encode"], calls["decode"] = 0, []
+    default = pipe.generate(x, ["happiness", "sadness"], seeds=[0, 1], steps=2)
+    # On the CPU the default is passes of CPU_DECODE_CHUNK frames (less memory, no slower).
+    from lfdm_cli.pipeline import CPU_DECODE_CHUNK
+
+    full, rest = divmod(2 * FRAMES, CPU_DECODE_CHUNK)
+    assert calls["encode"] == 1 and calls["decode"] == [CPU_DECODE_CHUNK] * full + ([rest] if rest else [])
+    assert torch.allclose(whole.videos, default.videos, atol=1e-5)
     calls["encode"], calls["decode"] = 0, []
     chunked = pipe.generate(x, ["happiness", "sadness"], seeds=[0, 1], steps=2, chunk_size=5)
     assert calls["encode"] == 1 and calls["decode"] == [5, 5, 2]

@@ -40,6 +40,7 @@ def demo(
     from lfdm_cli.io import make_grid, read_video, write_video
 
     start = time.perf_counter()
+    out_dir = out_dir.resolve()  # print where the files are wherever the user runs it from
     pipeline = load_pipeline(model, device, True)
     images = example_images(pipeline.model_path)
     if not images:
