@@ -36,3 +36,29 @@ def test_chain_drift_runs_every_strategy(tmp_path):
     assert set(data["results"]) == {"reanchor", "naive", "crossfade", "noised"}
     assert all(len(v) == 3 for v in data["results"].values())
     assert "| mean |" in proc.stdout and "| last |" in proc.stdout
+
+
+def test_fvd_reference_clips_match_the_evaluation_clip_rule(tmp_path):
+    import numpy as np
+
+    from lfdm_cli.data.dataset import Dataset
+    from lfdm_cli.evaluation.generation import real_clip
+    from model_factory import SIZE, run_main
+
+    data = tmp_path / "data"
+    assert run_main("synth", "faces", data, "--subjects", "4", "--takes", "1", "--frames", "8", "--size", str(SIZE),
+                    "--workers", "1") == 0
+    model = build_tiny_model_folder(tmp_path / "tiny")
+    out = tmp_path / "clips"
+    proc = run(ROOT / "scripts" / "fvd_reference_clips.py", model, data, out, "--videos", "3", "--frames", "6")
+    assert proc.returncode == 0, proc.stderr
+    ds = Dataset.open(data).split("test")
+    real = sorted(out.glob("real/*.npy"))
+    assert len(real) == 3 and len(list(out.glob("recon/*.npy"))) == 3
+    for path in real:
+        clip = np.load(path)
+        video = ds.load(ds.get(path.stem))
+        assert np.array_equal(clip, real_clip(np.asarray(video), 6, SIZE, "pad"))
+        static = np.load(out / "static" / path.name)
+        assert static.shape == clip.shape and (static == clip[:1]).all()
+        assert json.loads((out / "recon" / (path.stem + ".json")).read_text())["class"] == ds.get(path.stem).class_name
