@@ -268,9 +268,12 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds:.3f} s" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def ref_note(key) -> str:
+def ref_note(key, unit: str = "s") -> str:
     ref = REFERENCE_CPU.get(key)
-    return f"reference (authors' code, 2-core CPU): {fmt_s(ref)}" if ref is not None else ""
+    if ref is None:
+        return ""
+    value = fmt_s(ref) if unit == "s" else f"{ref:.0f} {unit}"
+    return f"reference (authors' code, 2-core CPU): {value}"
 
 
 def main() -> None:
@@ -340,7 +343,7 @@ def main() -> None:
                             speedup = f"{REFERENCE_CPU[ref + ('total',)] / total:.1f}x the reference"
                         rows.append((what + ": total (encode + denoise + decode)", fmt_s(total) + " per video",
                                      ref_note(ref + ("total",)) if ref else "", speedup))
-                    peak_ref = ref_note(("paper", "ddim10", "peak")).replace(" s", " MiB") \
+                    peak_ref = ref_note(("paper", "ddim10", "peak"), "MiB") \
                         if not cuda and config == "paper" and batch == 1 else ""
                     rows.append((f"generate, {config}, {precision}, batch {batch}: peak memory",
                                  f"{res['peak_mib']:.0f} MiB", peak_ref, ""))

@@ -43,7 +43,6 @@ DDIM_SPACINGS = ("trailing", "reference")
 DEFAULT_FPS = 10.0  # the authors' demo GIFs: imageio's default 0.1 s per frame
 DEFAULT_FIT = "pad"  # the authors' dataset preparation: aspect-preserving resize, black bars
 MODEL_ENV = "LFDM_MODEL"
-PRECISIONS = ("fp32", "bf16", "fp16")
 # Frames per decoder pass on the CPU when no chunk size is given: the decoder's activations for
 # all frames at once cost more memory than they save time there (a GPU decodes all at once).
 CPU_DECODE_CHUNK = 8
@@ -123,13 +122,14 @@ def cpu_generators(seeds: Sequence[int]) -> list[torch.Generator]:
 
 def check_precision(precision: str, device: torch.device) -> str:
     """`precision` if the device can run it, else a UserError saying what to use instead."""
+    from lfdm_cli.precision import PRECISIONS, check_cuda_bf16
+
     if precision not in PRECISIONS:
         raise unknown_name_error("precision", precision, PRECISIONS)
     if precision == "fp16" and device.type != "cuda":
         raise UserError(f"--precision fp16 needs a CUDA device (this run is on {device}).",
                         hint="Use --precision bf16 on the CPU, or fp32.")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("--precision bf16: this GPU does not support bfloat16.", hint="Use fp16 or fp32.")
+    check_cuda_bf16(precision, device)
     return precision
 
 
@@ -170,12 +170,9 @@ class GenerationPipeline:
 
     def _autocast(self):
         """The autocast region of the networks' forward passes (a no-op context for fp32)."""
-        import contextlib
+        from lfdm_cli.precision import autocast
 
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def _where(self) -> str:
         return f" in {self.model_path}" if self.model_path else ""

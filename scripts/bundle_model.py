@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 from pathlib import Path
 
+from lfdm_cli.errors import LfdmError
 from lfdm_cli.modelfolder import load_model_folder, save_model_folder
 
 
@@ -50,4 +52,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LfdmError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

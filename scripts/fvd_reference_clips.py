@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lfdm_cli.atomic import atomic_dir
+from lfdm_cli.errors import LfdmError, UserError
 from lfdm_cli.evaluation.generation import real_clip
 from lfdm_cli.evaluation.selection import open_split, select_videos
 from lfdm_cli.lfae.model import load_lfae
@@ -38,6 +41,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--split", default="test")
     args = ap.parse_args()
+    if args.out.exists():
+        raise UserError(f"{args.out} already exists.", hint="Choose a new OUT folder (the clips are written once).")
 
     folder = load_model_folder(args.model)
     lfae = load_lfae(folder)
@@ -45,9 +50,10 @@ def main() -> None:
     fit = folder.meta.get("fit") or "pad"
     ds = open_split(args.data, args.split)
     records = select_videos(ds, args.videos)
-    for name in ("real", "static", "recon"):
-        (args.out / name).mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode():
+    # Written into a temporary folder that becomes OUT only when every clip is there.
+    with atomic_dir(args.out) as tmp, torch.inference_mode():
+        for name in ("real", "static", "recon"):
+            (tmp / name).mkdir()
         for r in records:
             clip = real_clip(np.asarray(ds.load(r)), args.frames, size, fit)
             x = torch.from_numpy(clip).float().div(255).permute(0, 3, 1, 2)
@@ -55,10 +61,14 @@ def main() -> None:
             rebuilt = (rebuilt.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
             sidecar = json.dumps({"class": r.class_name, "subject": r.subject})
             for name, arr in (("real", clip), ("static", np.repeat(clip[:1], len(clip), 0)), ("recon", rebuilt)):
-                np.save(args.out / name / f"{r.id}.npy", np.ascontiguousarray(arr))
-                (args.out / name / f"{r.id}.json").write_text(sidecar)
+                np.save(tmp / name / f"{r.id}.npy", np.ascontiguousarray(arr))
+                (tmp / name / f"{r.id}.json").write_text(sidecar)
     print(f"{args.out}: real, static and recon clips of {len(records)} {args.split} videos, {args.frames} frames")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LfdmError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

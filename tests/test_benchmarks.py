@@ -62,3 +62,8 @@ def test_fvd_reference_clips_match_the_evaluation_clip_rule(tmp_path):
         static = np.load(out / "static" / path.name)
         assert static.shape == clip.shape and (static == clip[:1]).all()
         assert json.loads((out / "recon" / (path.stem + ".json")).read_text())["class"] == ds.get(path.stem).class_name
+    # Bad input: a clear message and exit code 2, nothing (re)written.
+    again = run(ROOT / "scripts" / "fvd_reference_clips.py", model, data, out)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    missing = run(ROOT / "scripts" / "fvd_reference_clips.py", tmp_path / "nope", data, tmp_path / "other")
+    assert missing.returncode == 2 and "nope" in missing.stderr and not (tmp_path / "other").exists()

@@ -187,7 +187,6 @@ def _print_warnings(result: dict[str, Any]) -> None:
         _warn(message)
 
 
-
 def _emit(result: dict, output, json_out: bool, table: str, settings_line: str) -> None:
     """Warnings to stderr, the result to -o FILE, then JSON or the table and its settings to stdout."""
     _print_warnings(result)
@@ -198,6 +197,7 @@ def _emit(result: dict, output, json_out: bool, table: str, settings_line: str) 
         return
     out.print(table, markup=False, highlight=False)
     out.print(settings_line, markup=False, highlight=False)
+
 
 @evaluate_app.command("reconstruction")
 def reconstruction_cmd(

@@ -118,8 +118,6 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
 
 
-
-
 def device_info(device) -> dict[str, Any]:
     import torch
 

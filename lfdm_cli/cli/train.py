@@ -39,7 +39,7 @@ def check_precision(precision: str) -> str:
     from lfdm_cli.errors import UserError
 
     value = precision.lower()
-    from lfdm_cli.training.loop import PRECISIONS
+    from lfdm_cli.precision import PRECISIONS
 
     if value not in PRECISIONS:
         raise UserError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.")

@@ -25,7 +25,6 @@ with the global batch); only rank 0 logs, previews and writes checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import math
@@ -67,6 +66,8 @@ from lfdm_cli.training.distributed import (
     setup_distributed,
     synchronize_batchnorm,
 )
+from lfdm_cli.precision import PRECISIONS, check_cuda_bf16
+from lfdm_cli.precision import autocast as precision_autocast
 from lfdm_cli.training.ema import EMA
 from lfdm_cli.training.sampler import EpochDataset, EpochSampler, KeyedDataset
 
@@ -74,7 +75,6 @@ RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 PREVIEWS_DIR = "previews"
 RUN_FORMAT = "lfdm-run/1"
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 # ----------------------------------------------------------------------------- task interface
@@ -351,8 +351,7 @@ class Trainer:
                 print(f"Note: --precision {precision} applies to CUDA only; training on {device} in fp32.",
                       file=sys.stderr)
             return "fp32"
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            raise UserError("--precision bf16: this GPU does not support bfloat16.", hint="Use fp16 or fp32.")
+        check_cuda_bf16(precision, device)
         return precision
 
     def _find_start(self, ctx: DistributedContext) -> Checkpoint | None:
@@ -536,8 +535,7 @@ class Trainer:
                 (self.run_dir / PREVIEWS_DIR).mkdir(exist_ok=True)
         ctx.barrier()
 
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                    if precision != "fp32" else contextlib.nullcontext())
+        autocast = precision_autocast(device, precision)
         params = [p for g in self._optimizer.param_groups for p in g["params"]]
         last_checkpoint = ckpt.path if ckpt is not None else None
         last_losses: dict[str, float] = dict(ckpt.state.get("last_losses") or {}) if ckpt else {}
