@@ -26,19 +26,17 @@ from lfdm_cli.diffusion.config import UNet3DConfig
 # Position encodings
 
 
-def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): adjacent channels form the rotated pairs."""
-    pairs = x.unflatten(-1, (-1, 2))
-    first, second = pairs.unbind(-1)
-    return torch.stack((-second, first), dim=-1).flatten(-2)
-
-
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding over the sequence axis (-2) with interleaved channel pairs.
+    """Rotary position embedding over frames with interleaved channel pairs.
 
     Frequencies are theta^(-2i/dim) ("language" frequencies); positions are 0..n-1. Only the first
     `dim` channels of each head are rotated. The frequencies are deterministic, so they are a
     non-persistent buffer (the reference saves a copy per attention layer; conversion checks them).
+
+    The reference rotates the projected queries and keys, which on a 40-frame 32x32 volume means
+    several elementwise passes over 40 MB tensors. A rotation is linear, so rotating W x by the angle
+    of position p equals projecting x with the rotated weight R_p W: `rotate_projection` builds the
+    per-position weights (a few MB), and the rotation costs nothing at the activations' size.
     """
 
     def __init__(self, dim: int, theta: float = 10000.0):
@@ -48,23 +46,41 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("freqs", freqs, persistent=False)
         self._cache: dict = {}
 
-    def _cos_sin(self, n: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (n, device, dtype, self.freqs.data_ptr())
+    def cos_sin(self, n: int, pairs: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, pairs) cos and sin of every position's angle per channel pair, in the buffer's dtype.
+
+        Pairs past dim/2 are not rotated: angle 0, so cos 1 and sin 0 exactly.
+        """
+        key = (n, pairs, device, self.freqs.data_ptr())
         hit = self._cache.get(key)
         if hit is None:
             positions = torch.arange(n, device=device).to(self.freqs.dtype)
-            angles = (positions[:, None] * self.freqs[None, :]).repeat_interleave(2, dim=-1)
-            hit = (angles.cos().to(dtype), angles.sin().to(dtype))
+            angles = positions[:, None] * self.freqs[None, :]
+            angles = F.pad(angles, (0, pairs - angles.shape[1]))
+            hit = (angles.cos(), angles.sin())
             self._cache = {key: hit}
         return hit
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate (..., n, d) queries or keys by their position along n."""
-        cos, sin = self._cos_sin(x.shape[-2], x.device, x.dtype)
-        if self.dim == x.shape[-1]:
-            return x * cos + _rotate_pairs(x) * sin
-        head, tail = x[..., : self.dim], x[..., self.dim:]
-        return torch.cat((head * cos + _rotate_pairs(head) * sin, tail), dim=-1)
+    def rotate(self, x: torch.Tensor, dim: int) -> torch.Tensor:
+        """Rotate (..., heads, d) queries or keys by their position along axis `dim`."""
+        n, d = x.shape[dim], x.shape[-1]
+        cos, sin = self.cos_sin(n, d // 2, x.device)
+        shape = [1] * x.dim()
+        shape[dim], shape[-1] = n, d // 2
+        cos, sin = cos.to(x.dtype).reshape(shape), sin.to(x.dtype).reshape(shape)
+        even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack((cos * even - sin * odd, sin * even + cos * odd), dim=-1).flatten(-2)
+
+    def rotate_projection(self, weight: torch.Tensor, heads: int, n: int) -> torch.Tensor:
+        """(n, out, in) copies of a (out, in) query or key projection, rotated for positions 0..n-1."""
+        out, cin = weight.shape
+        pairs = out // heads // 2
+        cos, sin = self.cos_sin(n, pairs, weight.device)
+        cos, sin = cos[:, None, :, None], sin[:, None, :, None]
+        w = weight.to(torch.promote_types(weight.dtype, cos.dtype)).reshape(heads, pairs, 2, cin)
+        even, odd = w[:, :, 0], w[:, :, 1]
+        rotated = torch.stack((cos * even - sin * odd, sin * even + cos * odd), dim=3)
+        return rotated.reshape(n, out, cin).to(weight.dtype)
 
 
 def relative_position_buckets(n: int, num_buckets: int = 32, max_distance: int = 32,
@@ -136,17 +152,27 @@ class TimestepEmbedding(nn.Module):
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over the channel axis of (B,C,F,H,W), scale only (no bias), eps inside the sqrt."""
+    """LayerNorm over the channel axis, scale only (no bias), eps inside the sqrt."""
 
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
         self.gamma = nn.Parameter(torch.ones(1, dim, 1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        var = torch.var(x, dim=1, unbiased=False, keepdim=True)
-        mean = torch.mean(x, dim=1, keepdim=True)
-        return (x - mean) / (var + self.eps).sqrt() * self.gamma
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalise (..., C) tokens over their last axis (one fused kernel instead of five passes)."""
+        c = tokens.shape[-1]
+        return F.layer_norm(tokens, (c,), self.gamma.reshape(c), None, self.eps)
+
+
+def channels_to_last(x: torch.Tensor) -> torch.Tensor:
+    """(B,C,F,H,W) -> (B,F,H,W,C); free (a view) when x is channels-last."""
+    return x.permute(0, 2, 3, 4, 1)
+
+
+def channels_to_second(tokens: torch.Tensor) -> torch.Tensor:
+    """(B,F,H,W,C) -> (B,C,F,H,W): the inverse view of channels_to_last."""
+    return tokens.permute(0, 4, 1, 2, 3)
 
 
 class ConvNormAct(nn.Module):
@@ -185,7 +211,8 @@ class ResBlock(nn.Module):
 
 
 class MultiHeadAttention(nn.Module):
-    """Softmax attention over the token axis (-2) of (..., n, dim), optional rotary and bias."""
+    """Softmax attention over the token axis (-2) of (..., n, dim); the temporal blocks add rotary
+    positions and a bias (see TemporalAttentionBlock)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, rotary: RotaryEmbedding | None = None):
         super().__init__()
@@ -197,20 +224,18 @@ class MultiHeadAttention(nn.Module):
         # Shared between layers, so kept out of this module's children (no duplicate parameters).
         self._rotary = [rotary] if rotary is not None else []
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T * scale + bias) v over (B, heads, n, d) views; the fused kernel never
+        materialises the (n, n) scores of every pixel, and accepts strided q, k and v."""
+        mask = None if bias is None else bias.to(q.dtype).expand(1, *bias.shape[-3:])
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = (part.unflatten(-1, (self.heads, -1)).transpose(-3, -2)
-                   for part in self.to_qkv(x).chunk(3, dim=-1))
-        q = q * self.scale
-        if self._rotary:
-            q = self._rotary[0](q)
-            k = self._rotary[0](k)
-        sim = torch.einsum("...hid,...hjd->...hij", q, k)
-        if bias is not None:
-            sim = sim + bias
-        # softmax subtracts the row maximum itself; an explicit subtraction would change nothing.
-        attn = sim.softmax(dim=-1)
-        out = torch.einsum("...hij,...hjd->...hid", attn, v)
-        return self.to_out(out.transpose(-3, -2).flatten(-2))
+        lead, n = x.shape[:-2], x.shape[-2]
+        qkv = self.to_qkv(x).reshape(-1, n, 3, self.heads, self.to_qkv.out_features // 3 // self.heads)
+        q, k, v = (part.transpose(1, 2) for part in qkv.unbind(2))
+        out = self.attend(q, k, v, bias).transpose(1, 2)
+        return self.to_out(out.reshape(*lead, n, -1))
 
 
 class SpatialLinearAttention(nn.Module):
@@ -224,16 +249,28 @@ class SpatialLinearAttention(nn.Module):
         self.to_qkv = nn.Conv2d(dim, hidden * 3, 1, bias=False)
         self.to_out = nn.Conv2d(hidden, dim, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, f, h, w = x.shape
-        frames = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
-        q, k, v = (part.reshape(b * f, self.heads, -1, h * w) for part in self.to_qkv(frames).chunk(3, dim=1))
-        q = q.softmax(dim=-2) * self.scale
-        k = k.softmax(dim=-1)
-        context = torch.einsum("bhdn,bhen->bhde", k, v)
-        out = torch.einsum("bhde,bhdn->bhen", context, q).reshape(b * f, -1, h, w)
-        out = self.to_out(out)
-        return out.reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(frames, pixels, C) normalised tokens -> (frames, pixels, C)."""
+        frames, n, c = tokens.shape
+        # The 1x1 convolutions are matrix products over the channel axis of channels-last tokens;
+        # separate q, k and v products keep each one contiguous for the softmaxes.
+        wq, wk, wv = self.to_qkv.weight.flatten(1).chunk(3, dim=0)
+        hidden = wq.shape[0]
+        q = F.linear(tokens, wq).unflatten(-1, (self.heads, -1)).softmax(dim=-1).flatten(-2)
+        k = F.linear(tokens, wk).softmax(dim=1)
+        v = F.linear(tokens, wv)
+        # All heads' contexts in one product (k^T v, hidden x hidden per frame); the blocks across
+        # heads are masked out. Folding the context, the scale and the output projection into one
+        # (hidden, C) matrix per frame leaves a single pass over the pixels.
+        context = torch.bmm(k.transpose(1, 2), v)
+        same_head = self._head_mask(hidden, context.device)
+        mixed = torch.matmul(context * same_head, self.to_out.weight.flatten(1).t() * self.scale)
+        return torch.baddbmm(self.to_out.bias.to(mixed.dtype), q, mixed)
+
+    def _head_mask(self, hidden: int, device: torch.device) -> torch.Tensor:
+        """(hidden, hidden) 1 where row and column channels belong to the same head, else 0."""
+        head = torch.arange(hidden, device=device) // (hidden // self.heads)
+        return (head[:, None] == head[None, :]).float()
 
 
 class SpatialLinearAttentionBlock(nn.Module):
@@ -245,7 +282,9 @@ class SpatialLinearAttentionBlock(nn.Module):
         self.attn = SpatialLinearAttention(dim, heads, dim_head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attn(self.norm(x)) + x
+        b, c, f, h, w = x.shape
+        tokens = self.norm(channels_to_last(x)).reshape(b * f, h * w, c)
+        return x + channels_to_second(self.attn(tokens).reshape(b, f, h, w, c))
 
 
 class TemporalAttentionBlock(nn.Module):
@@ -258,9 +297,28 @@ class TemporalAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = x.shape
-        tokens = self.norm(x).permute(0, 3, 4, 2, 1).reshape(b, h * w, f, c)
-        out = self.attn(tokens, bias=bias)
-        return out.reshape(b, h, w, f, c).permute(0, 4, 3, 1, 2) + x
+        attn, heads = self.attn, self.attn.heads
+        tokens = self.norm(channels_to_last(x)).reshape(b, f, h * w, c)
+        rotary = attn._rotary[0]
+        if h * w >= c:
+            # Many pixels per frame: fold the rotation into per-frame weights (see RotaryEmbedding);
+            # one batched product over frames projects and rotates, frame p using [R_p Wq; R_p Wk; Wv].
+            wq, wk, wv = attn.to_qkv.weight.chunk(3, dim=0)
+            weight = torch.cat((rotary.rotate_projection(wq, heads, f), rotary.rotate_projection(wk, heads, f),
+                                wv.expand(f, -1, -1)), dim=1)
+            qkv = torch.matmul(tokens, weight.transpose(1, 2)).unflatten(-1, (3, heads, -1))  # (b,f,n,3,heads,d)
+        else:
+            # Few pixels (the low resolutions): the per-frame weights would outweigh the activations.
+            q, k, v = attn.to_qkv(tokens).unflatten(-1, (3, heads, -1)).unbind(-3)  # (b,f,n,heads,d)
+            qkv = torch.stack((rotary.rotate(q, dim=1), rotary.rotate(k, dim=1), v), dim=3)
+        outs = []
+        for i in range(b):
+            # (pixels, heads, frames, d) views of this sample's projections: no copies.
+            q, k, v = (part.permute(1, 2, 0, 3) for part in qkv[i].unbind(2))
+            # The kernel lays its output out like q: (frames, pixels, heads, d) in memory.
+            outs.append(attn.attend(q, k, v, bias).permute(2, 0, 1, 3))
+        out = attn.to_out((outs[0][None] if b == 1 else torch.stack(outs)).flatten(-2))  # (b, f, n, c)
+        return x + channels_to_second(out.reshape(b, f, h, w, c))
 
 
 class SpatialAttentionBlock(nn.Module):
@@ -273,9 +331,8 @@ class SpatialAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, f, h, w = x.shape
-        tokens = self.norm(x).permute(0, 2, 3, 4, 1).reshape(b, f, h * w, c)
-        out = self.attn(tokens)
-        return out.reshape(b, f, h, w, c).permute(0, 4, 1, 2, 3) + x
+        tokens = self.norm(channels_to_last(x)).reshape(b, f, h * w, c)
+        return x + channels_to_second(self.attn(tokens).reshape(b, f, h, w, c))
 
 
 class Downsample(nn.Module):
