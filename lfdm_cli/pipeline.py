@@ -46,6 +46,9 @@ MODEL_ENV = "LFDM_MODEL"
 # Frames per decoder pass on the CPU when no chunk size is given: the decoder's activations for
 # all frames at once cost more memory than they save time there (a GPU decodes all at once).
 CPU_DECODE_CHUNK = 8
+# Rows per U-Net call on the CPU: one sample's activations stay in cache, so a batch of 10 runs
+# 1.7x faster per video one sample at a time than as one batch (benchmarks/results/cpu-2core.md).
+CPU_UNET_BATCH = 1
 BUNDLED_MODEL = "synthfaces64"
 
 
@@ -162,8 +165,11 @@ class GenerationPipeline:
             raise UserError(f"The auto-encoder's latent ({self.lfae.latent_shape[1]} px) and flow "
                             f"({self.lfae.flow_size} px) sizes differ{self._where()}; the diffusion model "
                             "needs them equal.")
+        # The most rows per U-Net call (None: the whole batch, as on a GPU).
+        self.unet_batch: int | None = None
         if self.device.type == "cpu":
             self.dm.unet.use_channels_last()
+            self.unet_batch = CPU_UNET_BATCH
         if self.compiled:
             # Only the U-Net: it runs `steps` times per video; the stage-one networks run once.
             self.dm.unet = torch.compile(self.dm.unet)
@@ -297,7 +303,7 @@ class GenerationPipeline:
                                     sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
                                     spacing=settings.ddim_spacing, guidance=settings.guidance,
                                     generator=list(generators) if generators is not None else None,
-                                    num_frames=frames, callback=callback)
+                                    num_frames=frames, callback=callback, max_batch=self.unet_batch)
         if not torch.isfinite(volume).all():
             raise RunFailure("The diffusion model produced NaN or infinite flows.",
                              hint="The weights may be broken; try --no-ema or another model.")

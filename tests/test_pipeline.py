@@ -65,14 +65,19 @@ def test_per_sample_generators_give_each_row_its_own_stream():
 
 
 @pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0)])
-def test_batch_of_n_equals_n_single_runs(pipe, sampler, eta):
+@pytest.mark.parametrize("unet_batch", [1, None])
+def test_batch_of_n_equals_n_single_runs(pipe, sampler, eta, unet_batch, monkeypatch):
+    assert pipe.unet_batch == 1  # the CPU default: the U-Net sees one sample at a time
+    monkeypatch.setattr(pipe, "unet_batch", unet_batch)
     x = images(3, seed=1)
     conds = ["happiness", "sadness", "surprise"]
     batch = pipe.generate(x, conds, seeds=[20, 21, 22], sampler=sampler, eta=eta, steps=4)
     for i in range(3):
         single = pipe.generate(x[i:i + 1], [conds[i]], seeds=[20 + i], sampler=sampler, eta=eta, steps=4)
-        # Same noise and same computation; CPU kernels sum in a batch-size-dependent order, so
-        # the floats agree to rounding, and written uint8 frames differ by at most one level.
+        # Same noise and same computation (the U-Net sees a row at a time or the whole batch);
+        # CPU kernels (the encoder's, the decoder's, the U-Net's when batched) sum in a
+        # batch-size-dependent order, so the floats agree to rounding, and written uint8 frames
+        # differ by at most one level.
         assert (batch.flows[i] - single.flows[0]).abs().max() < 1e-4
         assert (batch.videos[i] - single.videos[0]).abs().max() < 1e-4
         a = (batch.videos[i] * 255).round()

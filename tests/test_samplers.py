@@ -198,3 +198,40 @@ def test_guidance_combination():
     # A null-masked sample is unconditional in both halves: guidance leaves it unchanged.
     masked = GuidedDenoiser(net, fea, cond, 3.0, null_mask=torch.tensor([False, True]))(x, t)
     assert torch.allclose(masked[1], eps_null[1], atol=1e-6)
+
+
+def test_guided_denoiser_max_batch_splits_rows_and_keeps_their_inputs():
+    """`max_batch` runs the network on slices of rows; each row keeps its own x, t, condition,
+    null flag and latent, with and without guidance."""
+    class RowNet:
+        def __init__(self):
+            self.batches = []
+
+        def null_embedding(self, b):
+            return torch.full((b, 2), -1.0)
+
+        def project_latent(self, fea):
+            return fea[:, :1, None] * 10
+
+        def __call__(self, x, t, cond=None, null_mask=None, *, latent=None):
+            self.batches.append(x.shape[0])
+            c = torch.full((x.shape[0], 2), -1.0) if cond is None else cond
+            if null_mask is not None:
+                c = torch.where(null_mask[:, None], torch.full_like(c, -1.0), c)
+            return x + t.view(-1, 1, 1, 1, 1) + c[:, :1, None, None, None] + latent.mean((1, 2, 3, 4), keepdim=True)
+
+    x = torch.randn(5, 3, 2, 4, 4)
+    t = torch.arange(5) * 100
+    fea = torch.randn(5, 4, 4, 4)
+    cond = torch.randn(5, 2)
+    null = torch.tensor([False, True, False, False, True])
+    for scale in (1.0, 0.0, 2.5):
+        whole_net, split_net = RowNet(), RowNet()
+        whole = GuidedDenoiser(whole_net, fea, cond, scale, null)(x, t)
+        split = GuidedDenoiser(split_net, fea, cond, scale, null, max_batch=2)(x, t)
+        torch.testing.assert_close(split, whole, rtol=0, atol=1e-6)
+        rows = 10 if scale not in (0.0, 1.0) else 5
+        assert whole_net.batches == [rows]
+        assert split_net.batches == [2] * (rows // 2) + [rows % 2] * (rows % 2)
+    with pytest.raises(ValueError):
+        GuidedDenoiser(RowNet(), fea, cond, 1.0, max_batch=0)

@@ -157,19 +157,20 @@ class FlowDiffusion(nn.Module):
     # ---- sampling ----
 
     def denoiser(self, fea: torch.Tensor, cond: torch.Tensor | None, guidance: float = 1.0,
-                 null_mask: torch.Tensor | None = None) -> GuidedDenoiser:
+                 null_mask: torch.Tensor | None = None, max_batch: int | None = None) -> GuidedDenoiser:
         v_schedule = self.schedule if self.spec.diffusion.prediction == "v" else None
-        return GuidedDenoiser(self.unet, fea, cond, guidance, null_mask, v_schedule)
+        return GuidedDenoiser(self.unet, fea, cond, guidance, null_mask, v_schedule, max_batch)
 
     @torch.no_grad()
     def sample(self, fea: torch.Tensor, cond: torch.Tensor | None, *, null_mask: torch.Tensor | None = None,
                sampler: str = "ddim", steps: int | None = 10, eta: float = 0.0, spacing: str = "trailing",
                guidance: float = 1.0, generator: torch.Generator | None = None, num_frames: int | None = None,
-               x_T: torch.Tensor | None = None, callback=None) -> torch.Tensor:
-        """Sample flow volumes (B, 3, F, h, w) for latents fea (B, C, h, w) and embeddings cond."""
+               x_T: torch.Tensor | None = None, callback=None, max_batch: int | None = None) -> torch.Tensor:
+        """Sample flow volumes (B, 3, F, h, w) for latents fea (B, C, h, w) and embeddings cond;
+        the U-Net sees at most `max_batch` rows per call (None: all)."""
         b, _, h, w = fea.shape
         frames = num_frames or self.spec.num_frames
-        den = self.denoiser(fea, cond, guidance, null_mask)
+        den = self.denoiser(fea, cond, guidance, null_mask, max_batch)
         return _samplers.sample(sampler, den, self.schedule, (b, 3, frames, h, w), steps=steps, eta=eta,
                                 spacing=spacing, generator=generator, x_T=x_T, device=fea.device,
                                 clip_denoised=True, dynamic_percentile=self.dynamic_percentile,
