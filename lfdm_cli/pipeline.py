@@ -46,9 +46,11 @@ MODEL_ENV = "LFDM_MODEL"
 # Frames per decoder pass on the CPU when no chunk size is given: the decoder's activations for
 # all frames at once cost more memory than they save time there (a GPU decodes all at once).
 CPU_DECODE_CHUNK = 8
-# Rows per U-Net call on the CPU: one sample's activations stay in cache, so a batch of 10 runs
-# 1.7x faster per video one sample at a time than as one batch (benchmarks/results/cpu-2core.md).
-CPU_UNET_BATCH = 1
+# On the CPU a U-Net call gets as many samples as fit this many elements of first-level activation
+# (frames x h x w x dim): measured on 2 cores (benchmarks/results/cpu-2core.md), ten paper-size
+# samples (2.6M elements each) ran 1.6x faster per video one at a time than as one batch, while
+# ten bundled-model samples (0.13M each) ran 1.4x faster as one batch than one at a time.
+CPU_UNET_ELEMENTS = 2 ** 21
 BUNDLED_MODEL = "synthfaces64"
 
 
@@ -165,11 +167,10 @@ class GenerationPipeline:
             raise UserError(f"The auto-encoder's latent ({self.lfae.latent_shape[1]} px) and flow "
                             f"({self.lfae.flow_size} px) sizes differ{self._where()}; the diffusion model "
                             "needs them equal.")
-        # The most rows per U-Net call (None: the whole batch, as on a GPU).
+        # The most rows per U-Net call; None: the whole batch on a GPU, `unet_rows`' rule on a CPU.
         self.unet_batch: int | None = None
         if self.device.type == "cpu":
             self.dm.unet.use_channels_last()
-            self.unet_batch = CPU_UNET_BATCH
         if self.compiled:
             # Only the U-Net: it runs `steps` times per video; the stage-one networks run once.
             self.dm.unet = torch.compile(self.dm.unet)
@@ -280,6 +281,12 @@ class GenerationPipeline:
         with self._autocast():
             return self.lfae.encode(images.to(self.device))
 
+    def unet_rows(self, frames: int, height: int, width: int) -> int | None:
+        """Samples per U-Net call for volumes of `frames` x height x width (None: all at once)."""
+        if self.unet_batch is not None or self.device.type != "cpu":
+            return self.unet_batch
+        return max(1, CPU_UNET_ELEMENTS // (frames * height * width * self.dm.spec.unet.dim))
+
     def sample_motion(self, latent: torch.Tensor, conditions: Sequence[str], *, frames: int | None = None,
                       settings: SamplingSettings | None = None, generators: Sequence[torch.Generator] | None = None,
                       callback: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +310,8 @@ class GenerationPipeline:
                                     sampler=settings.sampler, steps=settings.steps, eta=settings.eta,
                                     spacing=settings.ddim_spacing, guidance=settings.guidance,
                                     generator=list(generators) if generators is not None else None,
-                                    num_frames=frames, callback=callback, max_batch=self.unet_batch)
+                                    num_frames=frames, callback=callback,
+                                    max_batch=self.unet_rows(frames, latent.shape[-2], latent.shape[-1]))
         if not torch.isfinite(volume).all():
             raise RunFailure("The diffusion model produced NaN or infinite flows.",
                              hint="The weights may be broken; try --no-ema or another model.")

@@ -67,8 +67,7 @@ def test_per_sample_generators_give_each_row_its_own_stream():
 @pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpmpp", 0.0)])
 @pytest.mark.parametrize("unet_batch", [1, None])
 def test_batch_of_n_equals_n_single_runs(pipe, sampler, eta, unet_batch, monkeypatch):
-    assert pipe.unet_batch == 1  # the CPU default: the U-Net sees one sample at a time
-    monkeypatch.setattr(pipe, "unet_batch", unet_batch)
+    monkeypatch.setattr(pipe, "unet_batch", unet_batch)  # one sample per U-Net call, or the CPU rule
     x = images(3, seed=1)
     conds = ["happiness", "sadness", "surprise"]
     batch = pipe.generate(x, conds, seeds=[20, 21, 22], sampler=sampler, eta=eta, steps=4)
@@ -83,6 +82,25 @@ def test_batch_of_n_equals_n_single_runs(pipe, sampler, eta, unet_batch, monkeyp
         a = (batch.videos[i] * 255).round()
         b = (single.videos[0] * 255).round()
         assert (a - b).abs().max() <= 1 and (a != b).float().mean() < 0.01
+
+
+def test_cpu_unet_rows_follow_the_activation_size(pipe, monkeypatch):
+    from lfdm_cli import pipeline as P
+
+    dim = pipe.dm.spec.unet.dim
+    assert pipe.unet_batch is None
+    assert pipe.unet_rows(40, 32, 32) == max(1, P.CPU_UNET_ELEMENTS // (40 * 32 * 32 * dim))
+    monkeypatch.setattr(P, "CPU_UNET_ELEMENTS", 40 * 32 * 32 * dim * 3)
+    assert pipe.unet_rows(40, 32, 32) == 3
+    assert pipe.unet_rows(40, 64, 64) == 1  # never fewer than one
+    monkeypatch.setattr(pipe, "unet_batch", 5)
+    assert pipe.unet_rows(40, 32, 32) == 5  # an explicit setting wins
+    calls = []
+    real = pipe.dm.unet.forward
+    monkeypatch.setattr(pipe.dm.unet, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or real(x, *a, **k))
+    monkeypatch.setattr(pipe, "unet_batch", 2)
+    pipe.generate(images(3, seed=4), ["happiness"] * 3, seeds=[1, 2, 3], steps=2)
+    assert calls == [2, 1, 2, 1]
 
 
 def test_ddpm_batch_equals_singles(pipe):
