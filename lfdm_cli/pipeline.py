@@ -43,9 +43,10 @@ DDIM_SPACINGS = ("trailing", "reference")
 DEFAULT_FPS = 10.0  # the authors' demo GIFs: imageio's default 0.1 s per frame
 DEFAULT_FIT = "pad"  # the authors' dataset preparation: aspect-preserving resize, black bars
 MODEL_ENV = "LFDM_MODEL"
-# Frames per decoder pass on the CPU when no chunk size is given: the decoder's activations for
-# all frames at once cost more memory than they save time there (a GPU decodes all at once).
-CPU_DECODE_CHUNK = 8
+# Frames per decoder pass on the CPU when no chunk size is given: passes of 2-4 frames decoded a
+# paper-size video 10-15% faster than passes of 8 on 2 cores (all 40 at once was slower still and
+# used more memory); a GPU decodes all frames at once.
+CPU_DECODE_CHUNK = 4
 # On the CPU a U-Net call gets as many samples as fit this many elements of first-level activation
 # (frames x h x w x dim): measured on 2 cores (benchmarks/results/cpu-2core.md), ten paper-size
 # samples (2.6M elements each) ran 1.6x faster per video one at a time than as one batch, while

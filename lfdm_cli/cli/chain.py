@@ -12,6 +12,7 @@ from lfdm_cli import __version__
 from lfdm_cli.chain_defaults import DEFAULT_COND_NOISE, DEFAULT_OVERLAP, DEFAULT_STRATEGY, STRATEGIES
 from lfdm_cli.cli.common import DeviceOption, GenPrecisionOption, err, out, print_json_line
 from lfdm_cli.cli.generate import (
+    DecodeChunkOption,
     EmaOption,
     EtaOption,
     FitOption,
@@ -75,8 +76,7 @@ def chain_cmd(
     fps: Optional[float] = FpsOption,
     fit: Optional[str] = FitOption,
     overwrite: bool = OverwriteOption,
-    decode_chunk: Optional[int] = typer.Option(None, "--decode-chunk", min=1,
-                                               help="Decode at most this many frames at once (default: all on a GPU, 8 on the CPU)."),
+    decode_chunk: Optional[int] = DecodeChunkOption,
     ema: bool = EmaOption,
     device: str = DeviceOption,
     precision: str = GenPrecisionOption,
