@@ -49,8 +49,8 @@ MODEL_ENV = "LFDM_MODEL"
 CPU_DECODE_CHUNK = 4
 # On the CPU a U-Net call gets as many samples as fit this many elements of first-level activation
 # (frames x h x w x dim): measured on 2 cores (benchmarks/results/cpu-2core.md), ten paper-size
-# samples (2.6M elements each) ran 1.6x faster per video one at a time than as one batch, while
-# ten bundled-model samples (0.13M each) ran 1.4x faster as one batch than one at a time.
+# samples (2.6M elements each) denoised 1.6x faster one at a time than as one batch, while ten
+# bundled-model samples (0.13M each) denoised 1.4x faster as one batch than one at a time.
 CPU_UNET_ELEMENTS = 2 ** 21
 BUNDLED_MODEL = "synthfaces64"
 

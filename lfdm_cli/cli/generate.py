@@ -653,8 +653,8 @@ def generate(
     precision: str = GenPrecisionOption,
     compile_unet: bool = typer.Option(False, "--compile",
                                       help="torch.compile the U-Net: the first batch of each shape pays a "
-                                           "one-off compile (over a minute on a CPU, where it measured no "
-                                           "faster than the default); meant for GPUs."),
+                                           "one-off compile (over a minute on a CPU, where later calls measured "
+                                           "0-14% faster); meant for long jobs and GPUs."),
     quiet: bool = QuietOption,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON line per video (per row with --manifest)."),
 ) -> None:
