@@ -7,7 +7,8 @@ or bad input) and `RunFailure` to exit code 1, and shows no traceback unless `--
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 
 
 class LfdmError(Exception):
@@ -34,6 +35,16 @@ class RunFailure(LfdmError):
     """A run that started correctly and then failed (NaN loss, out of memory, I/O failure)."""
 
     exit_code = 1
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a script's `main` the way the CLI runs a command: an LfdmError becomes one `Error:` line
+    (and its hint) on stderr and the error's exit code, without a traceback."""
+    try:
+        main()
+    except LfdmError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

@@ -22,7 +22,8 @@ AMX or a CUDA GPU with bf16) or fp16 (CUDA only), as autocast regions around the
 the sampler's own arithmetic (schedule, thresholding, the update) always stays float32. On the
 CPU the U-Net runs channels-last (oneDNN's fast layout; results differ by float rounding only).
 `compile=True` wraps the U-Net in `torch.compile`: the first call of every new input shape
-compiles it (about a minute on a CPU, needs a C++ compiler), later calls are faster.
+compiles it (over a minute on a CPU, needs a C++ compiler); on the CPU later calls measured
+0-14% faster.
 """
 
 from __future__ import annotations

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
-from lfdm_cli.errors import LfdmError
+from lfdm_cli.errors import UserError, run_script
 from lfdm_cli.modelfolder import load_model_folder, save_model_folder
 
 
@@ -38,7 +37,11 @@ def main() -> None:
     meta["provenance"] = prov
     unknown = sorted(set(args.drop) - set(src.parts))
     if unknown:
-        raise SystemExit(f"--drop: {args.model} has no part(s) {', '.join(unknown)}; parts: {', '.join(src.parts)}")
+        raise UserError(f"--drop: {args.model} has no part(s) {', '.join(unknown)}.",
+                        hint=f"Its parts: {', '.join(src.parts)}.")
+    missing = [str(image) for image in args.examples if not image.is_file()]
+    if missing:  # checked before anything is written
+        raise UserError(f"--examples: no such image file(s): {', '.join(missing)}.")
     parts = {part: src.load_tensors(part, dtype=None) for part in src.parts if part not in args.drop}
     if args.drop:
         prov["dropped_parts"] = sorted(args.drop)
@@ -52,8 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LfdmError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    run_script(main)

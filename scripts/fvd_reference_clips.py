@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lfdm_cli.atomic import atomic_dir
-from lfdm_cli.errors import LfdmError, UserError
+from lfdm_cli.errors import UserError, run_script
 from lfdm_cli.evaluation.generation import real_clip
 from lfdm_cli.evaluation.selection import open_split, select_videos
 from lfdm_cli.lfae.model import load_lfae
@@ -67,8 +66,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except LfdmError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    run_script(main)

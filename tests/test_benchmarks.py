@@ -67,3 +67,22 @@ def test_fvd_reference_clips_match_the_evaluation_clip_rule(tmp_path):
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     missing = run(ROOT / "scripts" / "fvd_reference_clips.py", tmp_path / "nope", data, tmp_path / "other")
     assert missing.returncode == 2 and "nope" in missing.stderr and not (tmp_path / "other").exists()
+
+
+def test_bundle_model_packages_a_folder_and_rejects_bad_input(tmp_path):
+    from lfdm_cli.modelfolder import load_model_folder
+
+    model = build_tiny_model_folder(tmp_path / "tiny")
+    image = write_test_image(tmp_path / "face.png")
+    out = tmp_path / "bundled"
+    proc = run(ROOT / "scripts" / "bundle_model.py", model, out, "--examples", image, "--drop", "dm")
+    assert proc.returncode == 0, proc.stderr
+    bundled = load_model_folder(out)
+    assert "dm" not in bundled.parts and "dm_ema" in bundled.parts
+    assert (out / "examples" / "face.png").read_bytes() == image.read_bytes()
+    # Bad input: one Error line, exit code 2, nothing written.
+    for args, message in ((["--examples", image, "--drop", "nope"], "no part(s) nope"),
+                          (["--examples", tmp_path / "missing.png"], "missing.png")):
+        bad = run(ROOT / "scripts" / "bundle_model.py", model, tmp_path / "other", *args)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert not (tmp_path / "other").exists()

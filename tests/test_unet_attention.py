@@ -129,22 +129,15 @@ def test_temporal_attention(side, channels, rotary_dim, channels_last):
     compare(fast, ref, torch.nn.ModuleList([block, frame_bias]), x)
 
 
+@pytest.mark.parametrize("block_type,reference,side", [(SpatialLinearAttentionBlock, reference_linear, (5, 4)),
+                                                       (SpatialAttentionBlock, reference_spatial, (3, 4))])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_spatial_linear_attention(channels_last):
-    block = randomise(SpatialLinearAttentionBlock(12, heads=3, dim_head=4))
-    x = torch.randn(2, 12, 3, 5, 4)
+def test_spatial_attention(block_type, reference, side, channels_last):
+    block = randomise(block_type(12, heads=3, dim_head=4))
+    x = torch.randn(2, 12, 3, *side)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    compare(block, lambda xi: reference_linear(block, xi), block, x)
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_spatial_full_attention(channels_last):
-    block = randomise(SpatialAttentionBlock(12, heads=3, dim_head=4))
-    x = torch.randn(2, 12, 3, 3, 4)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    compare(block, lambda xi: reference_spatial(block, xi), block, x)
+    compare(block, lambda xi: reference(block, xi), block, x)
 
 
 def test_residual_keeps_the_input_layout():

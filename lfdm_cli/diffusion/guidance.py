@@ -5,9 +5,9 @@ the authors sample); g = 0 is the unconditional network alone (one pass); any ot
 the conditional and the null batch together in one pass of twice the batch size (the reference
 makes two separate passes; per-sample results are the same up to float rounding, since nothing in
 the network mixes samples of a batch). `max_batch` caps the rows of one network call: on a CPU,
-rows one at a time keep each sample's activations in cache and are faster than one large batch. For a v-prediction network, the guided v is turned into
-the noise it implies (guidance is linear, so this equals guiding the implied noise), so every
-sampler works on eps alone.
+large samples one at a time keep their activations in cache and run faster than one large batch.
+For a v-prediction network, the guided v is turned into the noise it implies (guidance is
+linear, so this equals guiding the implied noise), so every sampler works on eps alone.
 """
 
 from __future__ import annotations

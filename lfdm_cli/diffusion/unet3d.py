@@ -26,6 +26,12 @@ from lfdm_cli.diffusion.config import UNet3DConfig
 # Position encodings
 
 
+def _rotate_pairs(even: torch.Tensor, odd: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  dim: int) -> torch.Tensor:
+    """Each (even, odd) channel pair rotated by its angle, re-interleaved along `dim`."""
+    return torch.stack((cos * even - sin * odd, sin * even + cos * odd), dim=dim)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding over frames with interleaved channel pairs.
 
@@ -69,7 +75,7 @@ class RotaryEmbedding(nn.Module):
         shape[dim], shape[-1] = n, d // 2
         cos, sin = cos.to(x.dtype).reshape(shape), sin.to(x.dtype).reshape(shape)
         even, odd = x.unflatten(-1, (-1, 2)).unbind(-1)
-        return torch.stack((cos * even - sin * odd, sin * even + cos * odd), dim=-1).flatten(-2)
+        return _rotate_pairs(even, odd, cos, sin, dim=-1).flatten(-2)
 
     def rotate_projection(self, weight: torch.Tensor, heads: int, n: int) -> torch.Tensor:
         """(n, out, in) copies of a (out, in) query or key projection, rotated for positions 0..n-1."""
@@ -78,8 +84,7 @@ class RotaryEmbedding(nn.Module):
         cos, sin = self.cos_sin(n, pairs, weight.device)
         cos, sin = cos[:, None, :, None], sin[:, None, :, None]
         w = weight.to(torch.promote_types(weight.dtype, cos.dtype)).reshape(heads, pairs, 2, cin)
-        even, odd = w[:, :, 0], w[:, :, 1]
-        rotated = torch.stack((cos * even - sin * odd, sin * even + cos * odd), dim=3)
+        rotated = _rotate_pairs(w[:, :, 0], w[:, :, 1], cos, sin, dim=3)  # rows of a pair: (heads, pairs, cin)
         return rotated.reshape(n, out, cin).to(weight.dtype)
 
 
